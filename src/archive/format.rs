@@ -1,0 +1,361 @@
+//! The on-disk format of an hbb archive, version 1.0.
+//!
+//! docs/FORMAT.md is the specification; this module mirrors it, constant for
+//! constant. An archive is, front to back:
+//!
+//! ```text
+//! header   HEADER_SIZE bytes: magic, version, block size, archive id, check
+//! frames   one independent zstd frame per stored block, in block order
+//! index    one zstd frame holding the postcard encoding of `Index`
+//! footer   FOOTER_SIZE bytes: magic, version, index offset/lengths/hash, check
+//! ```
+//!
+//! Header and footer are little-endian, fixed-size, and carry a 4-byte check
+//! (the first four bytes of the BLAKE3 hash of the bytes before it). The
+//! index is encoded with postcard 1.x, whose wire format is specified and
+//! stable; the order of struct fields and enum variants below is therefore
+//! part of the format: never reorder them, only append in a new minor
+//! version (and keep a decoder for each older one).
+
+use serde::{Deserialize, Serialize};
+
+/// First 8 bytes of every archive. Like PNG's signature: a non-ASCII first
+/// byte, then the name, then CR LF, ^Z and LF, so that text-mode transfers
+/// and truncation to 7 bits are caught at once. Do not modify.
+pub const HEADER_MAGIC: [u8; 8] = *b"\x89HBB\r\n\x1a\n";
+/// First 8 bytes of the footer (the archive's last FOOTER_SIZE bytes). Do not modify.
+pub const FOOTER_MAGIC: [u8; 8] = *b"HBBINDEX";
+
+/// Major version: readers refuse archives with a major version they do not know.
+pub const VERSION_MAJOR: u16 = 1;
+/// Minor version: additions that older readers of the same major can ignore.
+pub const VERSION_MINOR: u16 = 0;
+
+pub const HEADER_SIZE: usize = 64;
+pub const FOOTER_SIZE: usize = 96;
+
+/// Limits every reader checks before allocating or seeking.
+pub const MIN_BLOCK_SIZE: u64 = 4096;
+pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
+/// Largest decompressed index a reader accepts (4 GiB).
+pub const MAX_INDEX_RAW: u64 = 4 << 30;
+/// Longest name of one directory entry (Linux's NAME_MAX).
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Header layout (offsets in bytes).
+pub mod header {
+    pub const MAGIC: usize = 0; // [u8; 8]
+    pub const VERSION_MAJOR: usize = 8; // u16
+    pub const VERSION_MINOR: usize = 10; // u16
+    pub const FLAGS: usize = 12; // u32, 0 in 1.0
+    pub const BLOCK_SIZE: usize = 16; // u64
+    pub const ARCHIVE_ID: usize = 24; // [u8; 16]
+    pub const RESERVED: usize = 40; // [u8; 20], zero
+    pub const CHECK: usize = 60; // u32: blake3(header[0..60])[0..4]
+}
+
+/// Footer layout (offsets in bytes from the footer's start).
+pub mod footer {
+    pub const MAGIC: usize = 0; // [u8; 8]
+    pub const VERSION_MAJOR: usize = 8; // u16
+    pub const VERSION_MINOR: usize = 10; // u16
+    pub const FLAGS: usize = 12; // u32, 0 in 1.0
+    pub const INDEX_OFFSET: usize = 16; // u64
+    pub const INDEX_CLEN: usize = 24; // u64, compressed length
+    pub const INDEX_RLEN: usize = 32; // u64, decompressed length
+    pub const ARCHIVE_ID: usize = 40; // [u8; 16], same as the header's
+    pub const INDEX_HASH: usize = 56; // [u8; 32]: blake3 of the compressed index
+    pub const RESERVED: usize = 88; // u32, zero
+    pub const CHECK: usize = 92; // u32: blake3(footer[0..92])[0..4]
+}
+
+const _: () = assert!(header::CHECK + 4 == HEADER_SIZE);
+const _: () = assert!(footer::CHECK + 4 == FOOTER_SIZE);
+
+/// The first four bytes of the BLAKE3 hash of `bytes`, as a little-endian u32.
+pub fn check32(bytes: &[u8]) -> u32 {
+    let h = blake3::hash(bytes);
+    u32::from_le_bytes(h.as_bytes()[..4].try_into().unwrap())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub version_major: u16,
+    pub version_minor: u16,
+    pub flags: u32,
+    pub block_size: u64,
+    pub archive_id: [u8; 16],
+}
+
+impl Header {
+    pub fn encode(&self) -> [u8; HEADER_SIZE] {
+        let mut b = [0u8; HEADER_SIZE];
+        b[header::MAGIC..header::MAGIC + 8].copy_from_slice(&HEADER_MAGIC);
+        b[header::VERSION_MAJOR..][..2].copy_from_slice(&self.version_major.to_le_bytes());
+        b[header::VERSION_MINOR..][..2].copy_from_slice(&self.version_minor.to_le_bytes());
+        b[header::FLAGS..][..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[header::BLOCK_SIZE..][..8].copy_from_slice(&self.block_size.to_le_bytes());
+        b[header::ARCHIVE_ID..][..16].copy_from_slice(&self.archive_id);
+        let c = check32(&b[..header::CHECK]);
+        b[header::CHECK..][..4].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    /// Decodes a header; the error says what is wrong, for the caller to
+    /// wrap with the archive's path.
+    pub fn decode(b: &[u8; HEADER_SIZE]) -> Result<Header, String> {
+        if b[..8] != HEADER_MAGIC {
+            return Err("not an hbb archive (no hbb magic at offset 0)".into());
+        }
+        let stored = le_u32(b, header::CHECK);
+        if stored != check32(&b[..header::CHECK]) {
+            return Err("header check mismatch at offset 0 (damaged header)".into());
+        }
+        let h = Header {
+            version_major: le_u16(b, header::VERSION_MAJOR),
+            version_minor: le_u16(b, header::VERSION_MINOR),
+            flags: le_u32(b, header::FLAGS),
+            block_size: le_u64(b, header::BLOCK_SIZE),
+            archive_id: b[header::ARCHIVE_ID..][..16].try_into().unwrap(),
+        };
+        if h.version_major != VERSION_MAJOR {
+            return Err(format!(
+                "archive format version {}.{} is not supported by this hbb (it reads {}.x)",
+                h.version_major, h.version_minor, VERSION_MAJOR
+            ));
+        }
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) {
+            return Err(format!("header: block size {} out of range", h.block_size));
+        }
+        Ok(h)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footer {
+    pub version_major: u16,
+    pub version_minor: u16,
+    pub flags: u32,
+    pub index_offset: u64,
+    pub index_clen: u64,
+    pub index_rlen: u64,
+    pub archive_id: [u8; 16],
+    pub index_hash: [u8; 32],
+}
+
+impl Footer {
+    pub fn encode(&self) -> [u8; FOOTER_SIZE] {
+        let mut b = [0u8; FOOTER_SIZE];
+        b[footer::MAGIC..][..8].copy_from_slice(&FOOTER_MAGIC);
+        b[footer::VERSION_MAJOR..][..2].copy_from_slice(&self.version_major.to_le_bytes());
+        b[footer::VERSION_MINOR..][..2].copy_from_slice(&self.version_minor.to_le_bytes());
+        b[footer::FLAGS..][..4].copy_from_slice(&self.flags.to_le_bytes());
+        b[footer::INDEX_OFFSET..][..8].copy_from_slice(&self.index_offset.to_le_bytes());
+        b[footer::INDEX_CLEN..][..8].copy_from_slice(&self.index_clen.to_le_bytes());
+        b[footer::INDEX_RLEN..][..8].copy_from_slice(&self.index_rlen.to_le_bytes());
+        b[footer::ARCHIVE_ID..][..16].copy_from_slice(&self.archive_id);
+        b[footer::INDEX_HASH..][..32].copy_from_slice(&self.index_hash);
+        let c = check32(&b[..footer::CHECK]);
+        b[footer::CHECK..][..4].copy_from_slice(&c.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; FOOTER_SIZE]) -> Result<Footer, String> {
+        if b[..8] != FOOTER_MAGIC {
+            return Err(
+                "no footer: the archive is incomplete (interrupted snapshot or truncated file)"
+                    .into(),
+            );
+        }
+        if le_u32(b, footer::CHECK) != check32(&b[..footer::CHECK]) {
+            return Err("footer check mismatch (damaged footer)".into());
+        }
+        Ok(Footer {
+            version_major: le_u16(b, footer::VERSION_MAJOR),
+            version_minor: le_u16(b, footer::VERSION_MINOR),
+            flags: le_u32(b, footer::FLAGS),
+            index_offset: le_u64(b, footer::INDEX_OFFSET),
+            index_clen: le_u64(b, footer::INDEX_CLEN),
+            index_rlen: le_u64(b, footer::INDEX_RLEN),
+            archive_id: b[footer::ARCHIVE_ID..][..16].try_into().unwrap(),
+            index_hash: b[footer::INDEX_HASH..][..32].try_into().unwrap(),
+        })
+    }
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap())
+}
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+// ---------------------------------------------------------------------------
+// The index (postcard-encoded, then one zstd frame). Field order is format.
+
+/// Everything an archive knows besides the data frames.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Index {
+    pub meta: Meta,
+    /// Logical block `i` covers stream bytes `[i*block_size, i*block_size+len)`.
+    pub blocks: Vec<Block>,
+    /// Inode 0 is the root directory. FUSE inode number = index + 1.
+    pub inodes: Vec<Inode>,
+    /// Directory entries; each directory owns a contiguous run, sorted by name.
+    pub dirents: Vec<Dirent>,
+    /// Places that hold frames outside this archive (`BlockLoc::External`).
+    /// Empty in archives written by hbb 0.1.
+    pub sources: Vec<ExternalSource>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Block {
+    /// Decompressed length (≤ block size; shorter blocks end early).
+    pub len: u32,
+    /// BLAKE3 of the decompressed bytes (all zero for `BlockLoc::Zero`).
+    pub hash: [u8; 32],
+    pub loc: BlockLoc,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BlockLoc {
+    /// `len` zero bytes, stored as nothing.
+    Zero,
+    /// A zstd frame in this archive. Identical blocks share one frame.
+    Frame { offset: u64, clen: u32 },
+    /// A frame held elsewhere: `Index::sources[source]` at `offset`.
+    External { source: u32, offset: u64, clen: u32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExternalSource {
+    pub archive_id: [u8; 16],
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Dirent {
+    pub name: Vec<u8>,
+    pub inode: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inode {
+    /// Permission bits, setuid/setgid/sticky included (`st_mode & 0o7777`).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Directory entries in this archive that name this inode.
+    pub nlink: u32,
+    pub mtime: Time,
+    pub atime: Time,
+    pub ctime: Time,
+    pub xattrs: Vec<Xattr>,
+    pub body: Body,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Body {
+    /// Dirents `first .. first+count`.
+    Dir {
+        first: u32,
+        count: u32,
+    },
+    /// `size` bytes; the extents, sorted and disjoint, hold the data; the
+    /// rest are holes (zeros).
+    File {
+        size: u64,
+        extents: Vec<Extent>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    BlockDev {
+        rdev: u64,
+    },
+    CharDev {
+        rdev: u64,
+    },
+    Fifo,
+    Socket,
+}
+
+/// `len` bytes of a file at `offset` are the stream's bytes at `stream`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub stream: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Mode {
+    File,
+    Volume,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IdName {
+    pub id: u32,
+    pub name: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    pub hardlinks: u64,
+    /// Bytes of file or volume data read from the source.
+    pub bytes_read: u64,
+    /// Bytes in frames of this archive (compressed).
+    pub bytes_stored: u64,
+    pub blocks: u64,
+    pub zero_blocks: u64,
+    pub dup_blocks: u64,
+    pub dup_files: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    /// "hbb 0.1.0"
+    pub tool: String,
+    pub host: String,
+    /// The source as given, made absolute.
+    pub source: Vec<u8>,
+    pub mode: Mode,
+    /// Why that mode: the auto rule's decision, or "--mode file".
+    pub mode_reason: String,
+    /// Unix time of the start and end, in ns (both pinned by SOURCE_DATE_EPOCH).
+    pub started_ns: i64,
+    pub finished_ns: i64,
+    pub block_size: u64,
+    pub level: i32,
+    pub threads: u32,
+    pub volume_threshold: u64,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub stats: Stats,
+    /// Problems met while reading the source (path: reason). Non-empty
+    /// means the snapshot is incomplete.
+    pub warnings: Vec<String>,
+    /// Names of the owners seen, for restoring by name.
+    pub users: Vec<IdName>,
+    pub groups: Vec<IdName>,
+}

@@ -1,0 +1,428 @@
+//! Opens an archive from its end: footer → index → any block, in O(1) seeks.
+//!
+//! Every number taken from the archive is checked against the file's size
+//! and the format's limits before it is used to allocate or to seek; every
+//! block is checked against its BLAKE3 hash before its bytes are returned.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::format::*;
+use crate::error::{Error, IoContext, Result};
+
+pub struct Archive {
+    file: File,
+    pub path: PathBuf,
+    pub header: Header,
+    pub footer: Footer,
+    pub index: Index,
+    pub file_len: u64,
+}
+
+impl Archive {
+    pub fn open(path: &Path) -> Result<Archive> {
+        let file = File::open(path).at(path)?;
+        let file_len = file.metadata().at(path)?.len();
+        if file_len < (HEADER_SIZE + FOOTER_SIZE) as u64 {
+            let mut first = [0u8; 8];
+            let n = file.read_at(&mut first, 0).unwrap_or(0);
+            if n == 8 && first == HEADER_MAGIC {
+                return Err(Error::corrupt(
+                    path,
+                    format!(
+                        "incomplete archive: only {file_len} bytes, no footer (interrupted snapshot or truncated file)"
+                    ),
+                ));
+            }
+            return Err(Error::corrupt(
+                path,
+                format!("not an hbb archive ({file_len} bytes, too short)"),
+            ));
+        }
+        let mut hb = [0u8; HEADER_SIZE];
+        file.read_exact_at(&mut hb, 0).at(path)?;
+        let header = Header::decode(&hb).map_err(|m| Error::corrupt(path, m))?;
+
+        let mut fb = [0u8; FOOTER_SIZE];
+        let footer_at = file_len - FOOTER_SIZE as u64;
+        file.read_exact_at(&mut fb, footer_at).at(path)?;
+        let footer = Footer::decode(&fb).map_err(|m| {
+            Error::corrupt(path, format!("{m} (footer expected at offset {footer_at})"))
+        })?;
+        if footer.version_major != VERSION_MAJOR {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "archive format version {}.{} is not supported by this hbb (it reads {}.x)",
+                    footer.version_major, footer.version_minor, VERSION_MAJOR
+                ),
+            ));
+        }
+        if footer.archive_id != header.archive_id {
+            return Err(Error::corrupt(
+                path,
+                "footer belongs to another archive (archive ids differ)",
+            ));
+        }
+        let end = footer
+            .index_offset
+            .checked_add(footer.index_clen)
+            .filter(|&e| e == footer_at && footer.index_offset >= HEADER_SIZE as u64);
+        if end.is_none() {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "footer: index at offset {} length {} does not end at the footer ({footer_at})",
+                    footer.index_offset, footer.index_clen
+                ),
+            ));
+        }
+        if footer.index_rlen > MAX_INDEX_RAW {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "footer: index of {} bytes exceeds the limit",
+                    footer.index_rlen
+                ),
+            ));
+        }
+        let mut comp = vec![0u8; footer.index_clen as usize];
+        file.read_exact_at(&mut comp, footer.index_offset)
+            .at(path)?;
+        if *blake3::hash(&comp).as_bytes() != footer.index_hash {
+            return Err(Error::corrupt(
+                path,
+                format!(
+                    "index at offset {} is damaged (hash mismatch); the data frames may still be intact",
+                    footer.index_offset
+                ),
+            ));
+        }
+        let raw = zstd::bulk::decompress(&comp, footer.index_rlen as usize).map_err(|e| {
+            Error::corrupt(
+                path,
+                format!("index at offset {}: {e}", footer.index_offset),
+            )
+        })?;
+        if raw.len() as u64 != footer.index_rlen {
+            return Err(Error::corrupt(
+                path,
+                "index: decompressed length differs from the footer's",
+            ));
+        }
+        let index: Index = postcard::from_bytes(&raw)
+            .map_err(|e| Error::corrupt(path, format!("index does not decode: {e}")))?;
+        let a = Archive {
+            file,
+            path: path.to_path_buf(),
+            header,
+            footer,
+            index,
+            file_len,
+        };
+        a.validate()?;
+        Ok(a)
+    }
+
+    /// Structural checks of the index, so that later code can index without
+    /// panicking: ranges within bounds, no directory cycles.
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::corrupt(&self.path, format!("index: {m}")));
+        let idx = &self.index;
+        let bs = self.header.block_size;
+        let data_end = self.footer.index_offset;
+        if idx.inodes.is_empty() || !matches!(idx.inodes[0].body, Body::Dir { .. }) {
+            return bad("no root directory".into());
+        }
+        if idx.inodes.len() > u32::MAX as usize - 1 {
+            return bad("too many inodes".into());
+        }
+        for (i, b) in idx.blocks.iter().enumerate() {
+            if b.len as u64 > bs {
+                return bad(format!(
+                    "block {i}: length {} exceeds block size {bs}",
+                    b.len
+                ));
+            }
+            match b.loc {
+                BlockLoc::Zero => {}
+                BlockLoc::Frame { offset, clen } => {
+                    if offset < HEADER_SIZE as u64 || offset.saturating_add(clen as u64) > data_end
+                    {
+                        return bad(format!(
+                            "block {i}: frame at offset {offset} length {clen} lies outside the data area"
+                        ));
+                    }
+                }
+                BlockLoc::External { source, .. } => {
+                    if source as usize >= idx.sources.len() {
+                        return bad(format!("block {i}: unknown external source {source}"));
+                    }
+                }
+            }
+        }
+        let stream_end = (idx.blocks.len() as u64).saturating_mul(bs);
+        // Each inode but the root is reached through exactly the dirents
+        // that claim it; directories through exactly one.
+        let mut dir_parent = vec![u32::MAX; idx.inodes.len()];
+        dir_parent[0] = 0;
+        let mut claimed = vec![false; idx.dirents.len()];
+        for (i, ino) in idx.inodes.iter().enumerate() {
+            match &ino.body {
+                Body::Dir { first, count } => {
+                    let end = (*first as u64) + (*count as u64);
+                    if end > idx.dirents.len() as u64 {
+                        return bad(format!("inode {i}: directory entries out of range"));
+                    }
+                    let ents = &idx.dirents[*first as usize..end as usize];
+                    for (k, d) in ents.iter().enumerate() {
+                        let slot = *first as usize + k;
+                        if claimed[slot] {
+                            return bad(format!("dirent {slot} belongs to two directories"));
+                        }
+                        claimed[slot] = true;
+                        if !valid_name(&d.name) {
+                            return bad(format!(
+                                "inode {i}: invalid entry name {:?}",
+                                String::from_utf8_lossy(&d.name)
+                            ));
+                        }
+                        if k > 0 && ents[k - 1].name >= d.name {
+                            return bad(format!("inode {i}: entries not sorted or duplicated"));
+                        }
+                        let c = d.inode as usize;
+                        if c == 0 || c >= idx.inodes.len() {
+                            return bad(format!("dirent {slot}: inode {c} out of range"));
+                        }
+                        if matches!(idx.inodes[c].body, Body::Dir { .. }) {
+                            if dir_parent[c] != u32::MAX {
+                                return bad(format!("directory inode {c} is listed twice"));
+                            }
+                            dir_parent[c] = i as u32;
+                        }
+                    }
+                }
+                Body::File { size, extents } => {
+                    let mut prev_end = 0u64;
+                    for e in extents {
+                        let fend = e.offset.checked_add(e.len);
+                        let send = e.stream.checked_add(e.len);
+                        match (fend, send) {
+                            (Some(f), Some(s))
+                                if e.offset >= prev_end && f <= *size && s <= stream_end =>
+                            {
+                                prev_end = f;
+                            }
+                            _ => return bad(format!("inode {i}: data extent out of range")),
+                        }
+                    }
+                }
+                Body::Symlink { target }
+                    if (target.is_empty() || target.len() > 4096 || target.contains(&0)) =>
+                {
+                    return bad(format!("inode {i}: invalid symlink target"));
+                }
+                _ => {}
+            }
+        }
+        // Every directory must reach the root by its parents (no cycles, no orphans).
+        for start in 1..idx.inodes.len() {
+            if dir_parent[start] == u32::MAX {
+                continue;
+            }
+            let mut cur = start;
+            let mut steps = 0usize;
+            while cur != 0 {
+                cur = dir_parent[cur] as usize;
+                steps += 1;
+                if cur == u32::MAX as usize || steps > idx.inodes.len() {
+                    return bad(format!(
+                        "directory inode {start} is not reachable from the root"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.header.block_size
+    }
+
+    pub fn meta(&self) -> &Meta {
+        &self.index.meta
+    }
+
+    pub fn inode(&self, ino: u32) -> &Inode {
+        &self.index.inodes[ino as usize]
+    }
+
+    pub fn children(&self, ino: u32) -> &[Dirent] {
+        match self.index.inodes[ino as usize].body {
+            Body::Dir { first, count } => {
+                &self.index.dirents[first as usize..(first + count) as usize]
+            }
+            _ => &[],
+        }
+    }
+
+    pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<u32> {
+        let ents = self.children(dir);
+        ents.binary_search_by(|d| d.name.as_slice().cmp(name))
+            .ok()
+            .map(|k| ents[k].inode)
+    }
+
+    /// Resolves a path inside the archive ("a/b", "/a/b", "" or "." = root).
+    /// Symlinks are not followed.
+    pub fn resolve(&self, path: &[u8]) -> Option<u32> {
+        let mut cur = 0u32;
+        for comp in path.split(|&b| b == b'/') {
+            if comp.is_empty() || comp == b"." {
+                continue;
+            }
+            cur = self.lookup(cur, comp)?;
+        }
+        Some(cur)
+    }
+
+    /// Where block `i`'s frame is, for messages.
+    pub fn block_offset(&self, i: u64) -> u64 {
+        match self.index.blocks.get(i as usize).map(|b| b.loc) {
+            Some(BlockLoc::Frame { offset, .. }) | Some(BlockLoc::External { offset, .. }) => {
+                offset
+            }
+            _ => 0,
+        }
+    }
+
+    fn block_err(&self, block: u64, msg: impl Into<String>) -> Error {
+        Error::Block {
+            path: self.path.clone(),
+            block,
+            offset: self.block_offset(block),
+            msg: msg.into(),
+        }
+    }
+
+    /// Decompresses block `i` into `out` (cleared first) and checks its hash.
+    pub fn read_block_into(
+        &self,
+        i: u64,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let b = self
+            .index
+            .blocks
+            .get(i as usize)
+            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        out.clear();
+        match b.loc {
+            BlockLoc::Zero => {
+                out.resize(b.len as usize, 0);
+                Ok(())
+            }
+            BlockLoc::External { .. } => Err(self.block_err(
+                i,
+                "block is held outside this archive and no store is attached",
+            )),
+            BlockLoc::Frame { offset, clen } => {
+                let mut comp = vec![0u8; clen as usize];
+                self.file
+                    .read_exact_at(&mut comp, offset)
+                    .map_err(|e| self.block_err(i, format!("read failed: {e}")))?;
+                out.reserve(b.len as usize);
+                let n = dec
+                    .decompress_to_buffer(&comp, out)
+                    .map_err(|e| self.block_err(i, format!("frame does not decompress: {e}")))?;
+                if n != b.len as usize {
+                    return Err(self.block_err(
+                        i,
+                        format!("frame decompresses to {n} bytes, the index says {}", b.len),
+                    ));
+                }
+                if *blake3::hash(out).as_bytes() != b.hash {
+                    return Err(self.block_err(i, "content hash mismatch (damaged block)"));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn read_block(
+        &self,
+        i: u64,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+    ) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.read_block_into(i, dec, &mut v)?;
+        Ok(v)
+    }
+
+    /// Path of every inode (the first name found), for reports.
+    pub fn paths(&self) -> Vec<Vec<u8>> {
+        let mut paths = vec![Vec::new(); self.index.inodes.len()];
+        let mut stack = vec![0u32];
+        let mut seen = vec![false; self.index.inodes.len()];
+        seen[0] = true;
+        while let Some(dir) = stack.pop() {
+            for d in self.children(dir) {
+                if seen[d.inode as usize] {
+                    continue;
+                }
+                seen[d.inode as usize] = true;
+                let mut p = paths[dir as usize].clone();
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(&d.name);
+                paths[d.inode as usize] = p;
+                if matches!(self.index.inodes[d.inode as usize].body, Body::Dir { .. }) {
+                    stack.push(d.inode);
+                }
+            }
+        }
+        paths
+    }
+
+    /// The inodes whose data touch each block: `(block, inode)` pairs.
+    pub fn block_users(&self) -> Vec<Vec<u32>> {
+        let bs = self.block_size();
+        let mut users = vec![Vec::new(); self.index.blocks.len()];
+        for (i, ino) in self.index.inodes.iter().enumerate() {
+            if let Body::File { extents, .. } = &ino.body {
+                for e in extents {
+                    if e.len == 0 {
+                        continue;
+                    }
+                    let first = e.stream / bs;
+                    let last = (e.stream + e.len - 1) / bs;
+                    for b in first..=last {
+                        if let Some(u) = users.get_mut(b as usize)
+                            && u.last() != Some(&(i as u32))
+                        {
+                            u.push(i as u32);
+                        }
+                    }
+                }
+            }
+        }
+        users
+    }
+}
+
+/// A name a directory entry may have: not empty, not `.` or `..`, no `/`
+/// and no NUL, at most MAX_NAME_LEN bytes.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name != b"."
+        && name != b".."
+        && name.len() <= MAX_NAME_LEN
+        && !name.iter().any(|&b| b == b'/' || b == 0)
+}
+
+pub fn new_decompressor() -> zstd::bulk::Decompressor<'static> {
+    zstd::bulk::Decompressor::new().expect("zstd decompression context")
+}

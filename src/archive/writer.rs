@@ -1,0 +1,247 @@
+//! Writes an archive front to back: header, frames in block order, index,
+//! footer. Never seeks, so the output may be a pipe or a tape.
+//!
+//! A file target is written under a temporary name in the same directory
+//! (`.NAME.hbb-partial-PID`) and renamed to its name only after the footer
+//! is written and fsynced: a crash never leaves a file at the target path
+//! that opens as a complete archive.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::format::*;
+use crate::error::{Error, IoContext, Result};
+
+/// Where the archive goes.
+pub enum Sink {
+    File {
+        tmp: PathBuf,
+        dest: PathBuf,
+        out: BufWriter<File>,
+        committed: bool,
+    },
+    Stdout(BufWriter<io::Stdout>),
+}
+
+impl Sink {
+    /// `-` means standard output.
+    pub fn create(dest: &Path) -> Result<Sink> {
+        if dest == Path::new("-") {
+            return Ok(Sink::Stdout(BufWriter::with_capacity(
+                1 << 20,
+                io::stdout(),
+            )));
+        }
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Other(format!("{}: not a file name", dest.display())))?;
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut tmpname = std::ffi::OsString::from(".");
+        tmpname.push(name);
+        tmpname.push(format!(".hbb-partial-{}", std::process::id()));
+        let tmp = dir.join(tmpname);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .at(&tmp)?;
+        Ok(Sink::File {
+            tmp,
+            dest: dest.to_path_buf(),
+            out: BufWriter::with_capacity(1 << 20, file),
+            committed: false,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Sink::File { dest, .. } => dest,
+            Sink::Stdout(_) => Path::new("<stdout>"),
+        }
+    }
+
+    /// Flushes, fsyncs and gives the archive its name.
+    pub fn commit(&mut self) -> Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush().at("<stdout>"),
+            Sink::File {
+                tmp,
+                dest,
+                out,
+                committed,
+            } => {
+                out.flush().at(&*tmp)?;
+                out.get_ref().sync_all().at(&*tmp)?;
+                std::fs::rename(&*tmp, &*dest).at(&*dest)?;
+                if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty())
+                    && let Ok(d) = File::open(dir)
+                {
+                    let _ = d.sync_all();
+                }
+                *committed = true;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::File { out, .. } => out.write(buf),
+            Sink::Stdout(out) => out.write(buf),
+        }
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::File { out, .. } => out.write_all(buf),
+            Sink::Stdout(out) => out.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::File { out, .. } => out.flush(),
+            Sink::Stdout(out) => out.flush(),
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Sink::File { tmp, committed, .. } = self
+            && !*committed
+        {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// What a compression worker made of one block.
+pub enum Payload {
+    Zero,
+    /// A block whose hash the writer had already stored when the worker looked.
+    Known,
+    Frame(Vec<u8>),
+}
+
+pub struct ArchiveWriter {
+    sink: Sink,
+    pos: u64,
+    header: Header,
+    blocks: Vec<Block>,
+    frames: HashMap<[u8; 32], (u64, u32)>,
+    pub stored_bytes: u64,
+    pub zero_blocks: u64,
+    pub dup_blocks: u64,
+}
+
+impl ArchiveWriter {
+    pub fn new(mut sink: Sink, block_size: u64, archive_id: [u8; 16]) -> Result<Self> {
+        let header = Header {
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
+            flags: 0,
+            block_size,
+            archive_id,
+        };
+        sink.write_all(&header.encode()).at(sink.path())?;
+        Ok(ArchiveWriter {
+            sink,
+            pos: HEADER_SIZE as u64,
+            header,
+            blocks: Vec::new(),
+            frames: HashMap::new(),
+            stored_bytes: 0,
+            zero_blocks: 0,
+            dup_blocks: 0,
+        })
+    }
+
+    pub fn block_size(&self) -> u64 {
+        self.header.block_size
+    }
+
+    /// Whether a frame with this hash is already stored.
+    pub fn has(&self, hash: &[u8; 32]) -> bool {
+        self.frames.contains_key(hash)
+    }
+
+    /// Appends logical block `index` (must be the next one; skipped indexes
+    /// become empty zero blocks).
+    pub fn push(&mut self, index: u64, len: u32, hash: [u8; 32], payload: Payload) -> Result<()> {
+        while (self.blocks.len() as u64) < index {
+            self.blocks.push(Block {
+                len: 0,
+                hash: [0; 32],
+                loc: BlockLoc::Zero,
+            });
+        }
+        debug_assert_eq!(self.blocks.len() as u64, index);
+        let loc = match payload {
+            Payload::Zero => {
+                self.zero_blocks += 1;
+                BlockLoc::Zero
+            }
+            Payload::Known | Payload::Frame(_) if self.frames.contains_key(&hash) => {
+                self.dup_blocks += 1;
+                let (offset, clen) = self.frames[&hash];
+                BlockLoc::Frame { offset, clen }
+            }
+            Payload::Known => {
+                return Err(Error::Other(format!(
+                    "internal error: block {index} marked known but not stored"
+                )));
+            }
+            Payload::Frame(frame) => {
+                let offset = self.pos;
+                let clen = frame.len() as u32;
+                self.sink.write_all(&frame).at(self.sink.path())?;
+                self.pos += frame.len() as u64;
+                self.stored_bytes += frame.len() as u64;
+                self.frames.insert(hash, (offset, clen));
+                BlockLoc::Frame { offset, clen }
+            }
+        };
+        self.blocks.push(Block {
+            len,
+            hash: if matches!(loc, BlockLoc::Zero) {
+                [0; 32]
+            } else {
+                hash
+            },
+            loc,
+        });
+        Ok(())
+    }
+
+    pub fn take_blocks(&mut self) -> Vec<Block> {
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// Writes the index and the footer, then commits the sink.
+    pub fn finish(mut self, index: &Index, level: i32) -> Result<()> {
+        let raw = postcard::to_stdvec(index)
+            .map_err(|e| Error::Other(format!("encoding the index: {e}")))?;
+        let comp = zstd::bulk::compress(&raw, level)
+            .map_err(|e| Error::Other(format!("compressing the index: {e}")))?;
+        let footer = Footer {
+            version_major: VERSION_MAJOR,
+            version_minor: VERSION_MINOR,
+            flags: 0,
+            index_offset: self.pos,
+            index_clen: comp.len() as u64,
+            index_rlen: raw.len() as u64,
+            archive_id: self.header.archive_id,
+            index_hash: *blake3::hash(&comp).as_bytes(),
+        };
+        let path = self.sink.path().to_path_buf();
+        self.sink.write_all(&comp).at(&path)?;
+        self.sink.write_all(&footer.encode()).at(&path)?;
+        self.sink.commit()
+    }
+}

@@ -1,0 +1,213 @@
+//! The command line: clap definitions, size parsing, exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::snapshot::ModeChoice;
+
+/// Exit codes (README "Exit codes" and docs mirror this table).
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// A fatal error: nothing (or nothing usable) was done.
+    pub const ERROR: u8 = 1;
+    /// Bad command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Finished, but incomplete: some entries could not be read (snapshot)
+    /// or written (restore); each was reported.
+    pub const INCOMPLETE: u8 = 3;
+    /// verify found damaged blocks or differences from the source.
+    pub const VERIFY_FAILED: u8 = 4;
+}
+
+pub const DEFAULT_BLOCK_SIZE: &str = "2MiB";
+pub const DEFAULT_THRESHOLD: u64 = 100_000;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hbb",
+    version,
+    about = "High-speed bulk backup: block-parallel zstd archives of directory trees and volumes",
+    long_about = "hbb backs up a directory tree (file mode) or a whole volume (volume mode) into one \
+                  indexed, zstd-compressed archive, compressing blocks on every core, and reads it \
+                  back: restore, verify, info, ls, cat."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Back up SOURCE (a directory, block device or image file) into ARCHIVE ('-' for stdout).
+    Snapshot(SnapshotArgs),
+    /// Restore ARCHIVE (or only PATHs in it) into DEST.
+    Restore(RestoreArgs),
+    /// Check every block of ARCHIVE; with --source, compare with the source too.
+    Verify(VerifyArgs),
+    /// Show what an archive holds and how it was made.
+    Info(InfoArgs),
+    /// List the entries of a directory in the archive.
+    Ls(LsArgs),
+    /// Write a file of the archive to stdout.
+    Cat(CatArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    pub source: PathBuf,
+    pub archive: PathBuf,
+    /// auto: the patent's rule (devices and images by volume; directories by
+    /// file unless they hold more entries than --volume-threshold and are the
+    /// root of a filesystem mounted read-only from a block device).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ModeChoice,
+    /// Compression threads [default: the number of cores].
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Size of a block, the unit of compression and of random access (4K, 24MiB, 1G...).
+    #[arg(long, default_value = DEFAULT_BLOCK_SIZE, value_parser = parse_size)]
+    pub block_size: u64,
+    /// zstd compression level (1-22; negative levels are faster).
+    #[arg(long, default_value_t = 3, allow_hyphen_values = true)]
+    pub level: i32,
+    /// Entry count above which auto mode considers imaging the volume.
+    #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+    pub volume_threshold: u64,
+    /// Leave out entries matching GLOB (a name anywhere, or a path from the
+    /// source root when it holds a '/'). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Do not descend into directories on other filesystems.
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Allow imaging a block device that is mounted read-write.
+    #[arg(long)]
+    pub allow_mounted_rw: bool,
+    /// Print a JSON summary on stdout (on stderr when the archive goes to stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress, no summary.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    pub archive: PathBuf,
+    /// A directory (created if missing). For a volume archive: a file or
+    /// block device to write the volume to.
+    pub dest: PathBuf,
+    /// Restore only these paths of the archive (with their parents).
+    pub paths: Vec<PathBuf>,
+    /// Decompression threads [default: the number of cores].
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Restore owners by number, not by the names stored in the archive.
+    #[arg(long)]
+    pub numeric_owner: bool,
+    /// Replace entries that already exist in DEST.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    pub archive: PathBuf,
+    /// Also compare content and metadata with this source tree, device or image.
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    pub archive: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    pub archive: PathBuf,
+    /// A directory or entry in the archive [default: its root].
+    pub path: Option<PathBuf>,
+    /// Long listing: mode, links, owner, group, size, mtime.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// List subdirectories recursively.
+    #[arg(short = 'R')]
+    pub recursive: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CatArgs {
+    pub archive: PathBuf,
+    pub path: PathBuf,
+}
+
+/// Parses 4096, 4K, 4KiB, 24M, 24MiB, 1G, 1GiB (binary multiples; "KB",
+/// "MB", "GB" are decimal).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (try 4M, 24MiB, 1G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown unit {u:?} (try K, M, G, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    let v = n * mult as f64;
+    if !(v.is_finite() && v >= 0.0 && v < u64::MAX as f64) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(v as u64)
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("24MiB"), Ok(24 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("256k"), Ok(256 << 10));
+        assert_eq!(parse_size("1.5M"), Ok(3 << 19));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("4Q").is_err());
+    }
+}

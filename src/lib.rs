@@ -1,0 +1,17 @@
+//! hbb — high-speed bulk backup.
+//!
+//! The library behind the `hbb` binary: the archive format
+//! ([`archive`]), the block-parallel snapshot ([`snapshot`]), and the
+//! readers built on the archive: [`restore`], [`verify`], [`inspect`].
+
+pub mod archive;
+pub mod cli;
+pub mod error;
+pub mod inspect;
+pub mod progress;
+pub mod restore;
+pub mod snapshot;
+pub mod sys;
+pub mod verify;
+
+pub use error::{Error, Result};

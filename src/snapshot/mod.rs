@@ -1,0 +1,513 @@
+//! `hbb snapshot`: decide the mode, read the source through the parallel
+//! compressor, write the index.
+//!
+//! ```text
+//! decide mode ─► file:   walk (metadata) ─► read files ─► pipeline ─► writer ─► index + footer
+//!             └► volume: read device/image sequentially ─► pipeline ─► writer ─► index + footer
+//! ```
+
+pub mod pipeline;
+pub mod volume;
+pub mod walk;
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::archive::writer::{ArchiveWriter, Sink};
+use crate::archive::*;
+use crate::error::{Error, IoContext, Result};
+use crate::progress::Progress;
+use crate::sys;
+use walk::{FileJob, Tree};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModeChoice {
+    Auto,
+    File,
+    Volume,
+}
+
+pub struct Options {
+    pub source: PathBuf,
+    pub archive: PathBuf,
+    pub mode: ModeChoice,
+    pub threads: usize,
+    pub block_size: u64,
+    pub level: i32,
+    pub volume_threshold: u64,
+    pub excludes: Vec<String>,
+    pub one_file_system: bool,
+    pub allow_mounted_rw: bool,
+    pub quiet: bool,
+}
+
+pub struct Outcome {
+    pub meta: Meta,
+    pub archive_bytes: u64,
+}
+
+/// What the source is and how it will be read.
+enum Plan {
+    Files { root: PathBuf },
+    Volume { device: PathBuf },
+}
+
+fn decide(o: &Options) -> Result<(Plan, String)> {
+    let src = &o.source;
+    let md = std::fs::metadata(src).at(src)?;
+    let ft = md.file_type();
+    let guard_rw = |dev: &Path| -> Result<()> {
+        let md = std::fs::metadata(dev).at(dev)?;
+        if md.file_type().is_block_device()
+            && !o.allow_mounted_rw
+            && let Some(mp) = volume::mounted_rw(md.rdev())
+        {
+            return Err(Error::Other(format!(
+                "{} is mounted read-write at {}: an image of it would not be consistent. \
+                     Remount it read-only, snapshot an LVM snapshot, or pass --allow-mounted-rw",
+                dev.display(),
+                mp.display()
+            )));
+        }
+        Ok(())
+    };
+    match o.mode {
+        ModeChoice::File => {
+            if !ft.is_dir() {
+                return Err(Error::Other(format!(
+                    "{}: file mode needs a directory (use --mode volume for a device or image)",
+                    src.display()
+                )));
+            }
+            Ok((Plan::Files { root: src.clone() }, "--mode file".into()))
+        }
+        ModeChoice::Volume => {
+            if ft.is_block_device() || ft.is_file() {
+                guard_rw(src)?;
+                return Ok((
+                    Plan::Volume {
+                        device: src.clone(),
+                    },
+                    "--mode volume".into(),
+                ));
+            }
+            match volume::device_of_mountpoint(src) {
+                Some((dev, _ro)) => {
+                    guard_rw(&dev)?;
+                    let why = format!(
+                        "--mode volume: imaging {}, the device mounted at {}",
+                        dev.display(),
+                        src.display()
+                    );
+                    Ok((Plan::Volume { device: dev }, why))
+                }
+                None => Err(Error::Other(format!(
+                    "{}: --mode volume needs a block device, an image file, or the root of a filesystem on a block device",
+                    src.display()
+                ))),
+            }
+        }
+        ModeChoice::Auto => {
+            if ft.is_block_device() {
+                guard_rw(src)?;
+                return Ok((
+                    Plan::Volume {
+                        device: src.clone(),
+                    },
+                    "auto: the source is a block device".into(),
+                ));
+            }
+            if ft.is_file() {
+                return Ok((
+                    Plan::Volume {
+                        device: src.clone(),
+                    },
+                    "auto: the source is an image file".into(),
+                ));
+            }
+            if !ft.is_dir() {
+                return Err(Error::Other(format!(
+                    "{}: not a directory, block device or image file",
+                    src.display()
+                )));
+            }
+            let t = o.volume_threshold;
+            let n = walk::count_entries(src, t);
+            if n <= t {
+                return Ok((
+                    Plan::Files { root: src.clone() },
+                    format!("auto: {n} entries, not more than the threshold {t}: file mode"),
+                ));
+            }
+            let why = match volume::device_of_mountpoint(src) {
+                None => format!(
+                    "auto: more than {t} entries, but the source is not the root of a filesystem on a block device: file mode"
+                ),
+                Some((dev, false)) if !o.allow_mounted_rw => format!(
+                    "auto: more than {t} entries, but {} is mounted read-write: file mode (remount read-only, or pass --mode volume --allow-mounted-rw, to image it)",
+                    dev.display()
+                ),
+                Some((dev, ro)) => {
+                    let how = if ro {
+                        "mounted read-only"
+                    } else {
+                        "mounted read-write (--allow-mounted-rw)"
+                    };
+                    let why = format!(
+                        "auto: more than {t} entries and the source is the root of {} {how}: volume mode, imaging {}",
+                        dev.display(),
+                        dev.display()
+                    );
+                    return Ok((Plan::Volume { device: dev }, why));
+                }
+            };
+            Ok((Plan::Files { root: src.clone() }, why))
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// SOURCE_DATE_EPOCH (seconds), the reproducible-builds convention.
+fn pinned_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}
+
+pub fn snapshot(o: &Options) -> Result<Outcome> {
+    if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&o.block_size) {
+        return Err(Error::Other(format!(
+            "block size {} out of range ({MIN_BLOCK_SIZE} to {MAX_BLOCK_SIZE})",
+            o.block_size
+        )));
+    }
+    let (plan, why) = decide(o)?;
+    if !o.quiet {
+        eprintln!("hbb: {why}");
+    }
+    let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
+    let epoch = pinned_epoch();
+    let started = epoch.map(|e| e * 1_000_000_000).unwrap_or_else(now_ns);
+    let archive_id = match epoch {
+        Some(e) => {
+            let mut h = blake3::Hasher::new();
+            h.update(b"hbb archive id");
+            h.update(&e.to_le_bytes());
+            h.update(source_abs.as_os_str().as_bytes());
+            h.update(&o.block_size.to_le_bytes());
+            h.update(&o.level.to_le_bytes());
+            h.finalize().as_bytes()[..16].try_into().unwrap()
+        }
+        None => sys::random_id(),
+    };
+
+    let excludes = walk::Excludes::new(&o.excludes)?;
+    let cfg = pipeline::Config {
+        threads: o.threads,
+        level: o.level,
+    };
+
+    let (mut tree, total) = match &plan {
+        Plan::Files { root } => {
+            let t = walk::walk(root, &excludes, o.one_file_system)?;
+            let total = t.total_bytes;
+            (t, total)
+        }
+        Plan::Volume { device } => (volume_tree(device)?, volume::volume_size(device)?),
+    };
+
+    let sink = Sink::create(&o.archive)?;
+    let mut writer = ArchiveWriter::new(sink, o.block_size, archive_id)?;
+    let progress = Progress::new(total, o.quiet);
+
+    let mut stats = std::mem::take(&mut tree.stats);
+    match &plan {
+        Plan::Files { .. } => {
+            let files = std::mem::take(&mut tree.files);
+            let r = pipeline::run(&cfg, &mut writer, &progress, |sink| {
+                read_files(&files, sink, &progress)
+            })?;
+            for (ino, extents, size) in r.stored {
+                tree.inodes[ino as usize].body = Body::File { size, extents };
+            }
+            stats.bytes_read = r.bytes_read;
+            stats.dup_files = r.dup_files;
+            tree.warnings.extend(r.warnings);
+            for &f in &r.failed {
+                if let Body::File { .. } = tree.inodes[f as usize].body {
+                    stats.files -= 1;
+                }
+            }
+            walk::drop_inodes(&mut tree, &r.failed);
+        }
+        Plan::Volume { device } => {
+            let (extents, size) = pipeline::run(&cfg, &mut writer, &progress, |sink| {
+                volume::read_volume(device, sink, &progress)
+            })?;
+            tree.inodes[1].body = Body::File { size, extents };
+            stats.bytes_read = size;
+        }
+    }
+    progress.finish();
+
+    let blocks = writer.take_blocks();
+    stats.blocks = blocks.len() as u64;
+    stats.bytes_stored = writer.stored_bytes;
+    stats.zero_blocks = writer.zero_blocks;
+    stats.dup_blocks = writer.dup_blocks;
+    let users = tree
+        .uids
+        .keys()
+        .filter_map(|&id| sys::user_name(id).map(|name| IdName { id, name }))
+        .collect();
+    let groups = tree
+        .gids
+        .keys()
+        .filter_map(|&id| sys::group_name(id).map(|name| IdName { id, name }))
+        .collect();
+    let meta = Meta {
+        tool: format!("hbb {}", env!("CARGO_PKG_VERSION")),
+        host: sys::hostname(),
+        source: source_abs.as_os_str().as_bytes().to_vec(),
+        mode: match plan {
+            Plan::Files { .. } => Mode::File,
+            Plan::Volume { .. } => Mode::Volume,
+        },
+        mode_reason: why,
+        started_ns: started,
+        finished_ns: if epoch.is_some() { started } else { now_ns() },
+        block_size: o.block_size,
+        level: o.level,
+        threads: o.threads as u32,
+        volume_threshold: o.volume_threshold,
+        excludes: o.excludes.clone(),
+        one_file_system: o.one_file_system,
+        stats,
+        warnings: tree.warnings,
+        users,
+        groups,
+    };
+    let index = Index {
+        meta,
+        blocks,
+        inodes: tree.inodes,
+        dirents: tree.dirents,
+        sources: Vec::new(),
+    };
+    let stored = index.meta.stats.bytes_stored;
+    writer.finish(&index, o.level.max(3))?;
+    Ok(Outcome {
+        meta: index.meta,
+        archive_bytes: stored,
+    })
+}
+
+/// The tree of a volume archive: a root holding one file named after the source.
+fn volume_tree(device: &Path) -> Result<Tree> {
+    let md = std::fs::metadata(device).at(device)?;
+    let t = |s, n| walk::time(s, n);
+    let root = Inode {
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: t(md.mtime(), md.mtime_nsec()),
+        atime: t(md.atime(), md.atime_nsec()),
+        ctime: t(md.ctime(), md.ctime_nsec()),
+        xattrs: Vec::new(),
+        body: Body::Dir { first: 0, count: 1 },
+    };
+    let file = Inode {
+        perm: md.mode() & 0o7777,
+        uid: md.uid(),
+        gid: md.gid(),
+        body: Body::File {
+            size: 0,
+            extents: Vec::new(),
+        },
+        ..root.clone()
+    };
+    let mut uids = std::collections::BTreeMap::new();
+    uids.insert(md.uid(), ());
+    let mut gids = std::collections::BTreeMap::new();
+    gids.insert(md.gid(), ());
+    Ok(Tree {
+        inodes: vec![root, file],
+        dirents: vec![Dirent {
+            name: walk::name_of(device),
+            inode: 1,
+        }],
+        files: Vec::new(),
+        warnings: Vec::new(),
+        stats: Stats {
+            files: 1,
+            dirs: 1,
+            ..Default::default()
+        },
+        uids,
+        gids,
+        total_bytes: 0,
+    })
+}
+
+struct ReadResult {
+    stored: Vec<(u32, Vec<Extent>, u64)>,
+    failed: Vec<u32>,
+    warnings: Vec<String>,
+    bytes_read: u64,
+    dup_files: u64,
+}
+
+/// File mode, second pass: read every regular file into the stream.
+/// Files of a block or more start and end on block boundaries, so identical
+/// large files give identical blocks (stored once); smaller files are packed
+/// together and deduplicated whole while their bytes are still pending.
+fn read_files(
+    files: &[FileJob],
+    sink: &mut pipeline::BlockSink,
+    progress: &Progress,
+) -> Result<ReadResult> {
+    let mut r = ReadResult {
+        stored: Vec::with_capacity(files.len()),
+        failed: Vec::new(),
+        warnings: Vec::new(),
+        bytes_read: 0,
+        dup_files: 0,
+    };
+    let bs = sink.block_size();
+    let mut seen: HashMap<(u64, [u8; 32]), Vec<Extent>> = HashMap::new();
+    for job in files {
+        match read_one(job, sink, bs, &mut seen, progress) {
+            Ok((extents, size, read, dup, changed)) => {
+                r.bytes_read += read;
+                if dup {
+                    r.dup_files += 1;
+                }
+                if let Some(why) = changed {
+                    r.warnings.push(format!("{}: {why}", job.path.display()));
+                }
+                r.stored.push((job.inode, extents, size));
+            }
+            Err(e) => {
+                r.warnings
+                    .push(format!("{}: not stored: {e}", job.path.display()));
+                r.failed.push(job.inode);
+            }
+        }
+    }
+    Ok(r)
+}
+
+type ReadOne = (Vec<Extent>, u64, u64, bool, Option<String>);
+
+fn read_one(
+    job: &FileJob,
+    sink: &mut pipeline::BlockSink,
+    bs: u64,
+    seen: &mut HashMap<(u64, [u8; 32]), Vec<Extent>>,
+    progress: &Progress,
+) -> std::io::Result<ReadOne> {
+    let f = sys::open_noatime(&job.path)?;
+    let md = f.metadata()?;
+    if md.dev() != job.dev || md.ino() != job.ino {
+        return Err(std::io::Error::other(
+            "replaced between the walk and the read",
+        ));
+    }
+    let size = job.size;
+    let regions = if job.sparse {
+        sys::data_regions(&f, size)?
+    } else {
+        vec![(0, size)]
+    };
+    let large = size >= bs;
+    if large {
+        sink.align().map_err(std::io::Error::other)?;
+    }
+    let start = sink.pos();
+    let mut extents: Vec<Extent> = Vec::with_capacity(regions.len());
+    let mut read = 0u64;
+    let mut short = false;
+    'regions: for (off, len) in regions {
+        let mut done = 0u64;
+        while done < len {
+            let at = sink.pos();
+            let n = sink.read_at(f.as_fd(), off + done, len - done)? as u64;
+            if n == 0 {
+                short = true;
+                break 'regions;
+            }
+            extend_or_push(&mut extents, off + done, at, n);
+            done += n;
+            read += n;
+            progress.read(n);
+        }
+    }
+    let final_size = if short {
+        extents.last().map_or(0, |e| e.offset + e.len)
+    } else {
+        size
+    };
+    let mut dup = false;
+    if !large
+        && !short
+        && read > 0
+        && extents.len() == 1
+        && extents[0].offset == 0
+        && read == size
+        && let Some(bytes) = sink.pending_since(start)
+    {
+        let key = (size, *blake3::hash(bytes).as_bytes());
+        if let Some(prev) = seen.get(&key) {
+            if sink.truncate(start) {
+                extents = prev.clone();
+                dup = true;
+            }
+        } else {
+            seen.insert(key, extents.clone());
+        }
+    }
+    if large {
+        sink.align().map_err(std::io::Error::other)?;
+    }
+    let after = f.metadata()?;
+    let changed = if short {
+        Some(format!(
+            "shrank while read: stored {final_size} of {size} bytes"
+        ))
+    } else if after.len() != size
+        || after.mtime() != job.mtime.sec
+        || after.mtime_nsec() as u32 != job.mtime.nsec
+        || after.ctime() != job.ctime.sec
+        || after.ctime_nsec() as u32 != job.ctime.nsec
+    {
+        Some("changed while read: the stored copy may be inconsistent".to_string())
+    } else {
+        None
+    };
+    Ok((extents, final_size, read, dup, changed))
+}
+
+/// Adds bytes at file `offset` / stream `stream`, merging with the last
+/// extent when both continue it.
+fn extend_or_push(v: &mut Vec<Extent>, offset: u64, stream: u64, len: u64) {
+    if let Some(last) = v.last_mut()
+        && last.offset + last.len == offset
+        && last.stream + last.len == stream
+    {
+        last.len += len;
+        return;
+    }
+    v.push(Extent {
+        offset,
+        stream,
+        len,
+    });
+}

@@ -212,20 +212,20 @@ pub fn ls(
     if !matches!(a.inode(ino).body, Body::Dir { .. }) {
         return line(out, ino, path).map_err(io);
     }
-    let mut stack: Vec<(u32, Vec<u8>)> = vec![(ino, Vec::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let mut subdirs = Vec::new();
-        for d in a.children(dir) {
-            let mut name = prefix.clone();
-            name.extend_from_slice(&d.name);
-            line(out, d.inode, &name).map_err(io)?;
-            if recursive && matches!(a.inode(d.inode).body, Body::Dir { .. }) {
-                let mut p = name.clone();
-                p.push(b'/');
-                subdirs.push((d.inode, p));
-            }
+    // Depth first, each directory followed by its contents (as find prints).
+    let mut stack: Vec<(u32, usize, Vec<u8>)> = vec![(ino, 0, Vec::new())];
+    while let Some((dir, k, prefix)) = stack.pop() {
+        let Some(d) = a.children(dir).get(k) else {
+            continue;
+        };
+        stack.push((dir, k + 1, prefix.clone()));
+        let mut name = prefix;
+        name.extend_from_slice(&d.name);
+        line(out, d.inode, &name).map_err(io)?;
+        if recursive && matches!(a.inode(d.inode).body, Body::Dir { .. }) {
+            name.push(b'/');
+            stack.push((d.inode, 0, name));
         }
-        stack.extend(subdirs.into_iter().rev());
     }
     Ok(())
 }

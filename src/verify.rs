@@ -135,6 +135,8 @@ fn compare(a: &Archive, src: &Path, threads: usize, r: &mut Report) -> Result<()
     };
     let mut items = Vec::new();
     let mut skip = vec![false; a.index.inodes.len()];
+    let excl = crate::snapshot::walk::Excludes::new(&a.meta().excludes).ok();
+    let root_dev = std::fs::metadata(src).ok().map(|m| m.dev());
     // Metadata.
     for (i, ino) in a.index.inodes.iter().enumerate() {
         let i = i as u32;
@@ -237,9 +239,9 @@ fn compare(a: &Archive, src: &Path, threads: usize, r: &mut Report) -> Result<()
         for x in d {
             r.differences.push(format!("{}: {x}", show(i)));
         }
-        if let Body::Dir { .. } = ino.body {
+        let other_fs = a.meta().one_file_system && root_dev.is_some_and(|d| d != md.dev());
+        if let (Body::Dir { .. }, false) = (&ino.body, other_fs) {
             // Entries only in the source (excluded ones aside).
-            let excl = crate::snapshot::walk::Excludes::new(&a.meta().excludes).ok();
             if let Ok(rd) = std::fs::read_dir(&p) {
                 for e in rd.flatten() {
                     let name = e.file_name();

@@ -10,6 +10,7 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     read: AtomicU64,
     stored: AtomicU64,
+    files: AtomicU64,
 }
 
 impl Progress {
@@ -28,6 +29,7 @@ impl Progress {
             bar,
             read: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            files: AtomicU64::new(0),
         }
     }
 
@@ -42,19 +44,25 @@ impl Progress {
         }
     }
 
+    /// One more file done (file mode).
+    pub fn file(&self) {
+        self.files.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes stored so far, for the ratio.
     pub fn stored(&self, total: u64) {
         self.stored.store(total, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             let r = self.read.load(Ordering::Relaxed);
+            let f = self.files.load(Ordering::Relaxed);
+            let files = if f > 0 {
+                format!("{f} files, ")
+            } else {
+                String::new()
+            };
             if total > 0 {
-                b.set_message(format!("ratio {:.2}", r as f64 / total as f64));
+                b.set_message(format!("{files}ratio {:.2}", r as f64 / total as f64));
             }
-        }
-    }
-
-    pub fn message(&self, m: String) {
-        if let Some(b) = &self.bar {
-            b.set_message(m);
         }
     }
 

@@ -563,6 +563,36 @@ fn interrupted_snapshot_leaves_nothing_that_opens() {
     }
 }
 
+#[test]
+fn interrupted_by_sigint_or_sigterm_cleans_up() {
+    let t = Tmp::new("sigint");
+    let src = t.path("src");
+    fs::create_dir_all(&src).unwrap();
+    write_pattern(&src.join("big"), 64 << 20, 5);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let arc = t.path("a.hbb");
+        let mut child = std::process::Command::new(bin())
+            .args(["snapshot", "--level", "19", s(&src), s(&arc)])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(128 + sig));
+        let left: Vec<_> = fs::read_dir(t.root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            left,
+            vec![std::ffi::OsString::from("src")],
+            "left behind: {left:?}"
+        );
+    }
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -50,6 +50,7 @@ impl Sink {
             .create_new(true)
             .open(&tmp)
             .at(&tmp)?;
+        interrupt::remove_on_signal(&tmp);
         Ok(Sink::File {
             tmp,
             dest: dest.to_path_buf(),
@@ -78,6 +79,7 @@ impl Sink {
                 out.flush().at(&*tmp)?;
                 out.get_ref().sync_all().at(&*tmp)?;
                 std::fs::rename(&*tmp, &*dest).at(&*dest)?;
+                interrupt::clear();
                 if let Some(dir) = dest.parent().filter(|p| !p.as_os_str().is_empty())
                     && let Ok(d) = File::open(dir)
                 {
@@ -111,11 +113,59 @@ impl Write for Sink {
     }
 }
 
+/// SIGINT, SIGTERM and SIGHUP remove the partial file before exiting, as
+/// Drop would. (SIGKILL cannot be caught: the partial file then stays,
+/// named as such, and does not open as an archive: it has no footer.)
+mod interrupt {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+    use std::sync::atomic::{AtomicPtr, Ordering};
+
+    static PARTIAL: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
+
+    extern "C" fn on_signal(sig: libc::c_int) {
+        let p = PARTIAL.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        // SAFETY: unlink and _exit are async-signal-safe; `p` is a leaked,
+        // NUL-terminated string or null.
+        unsafe {
+            if !p.is_null() {
+                libc::unlink(p);
+            }
+            libc::_exit(128 + sig);
+        }
+    }
+
+    pub fn remove_on_signal(path: &Path) {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return;
+        };
+        let old = PARTIAL.swap(c.into_raw(), Ordering::SeqCst);
+        if !old.is_null() {
+            drop(unsafe { CString::from_raw(old) });
+        }
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installs a handler that only calls async-signal-safe functions.
+            unsafe {
+                libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+            }
+        }
+    }
+
+    pub fn clear() {
+        let old = PARTIAL.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !old.is_null() {
+            drop(unsafe { CString::from_raw(old) });
+        }
+    }
+}
+
 impl Drop for Sink {
     fn drop(&mut self) {
         if let Sink::File { tmp, committed, .. } = self
             && !*committed
         {
+            interrupt::clear();
             let _ = std::fs::remove_file(tmp);
         }
     }

@@ -384,6 +384,7 @@ fn read_files(
     let bs = sink.block_size();
     let mut seen: HashMap<(u64, [u8; 32]), Vec<Extent>> = HashMap::new();
     for job in files {
+        progress.file();
         match read_one(job, sink, bs, &mut seen, progress) {
             Ok((extents, size, read, dup, changed)) => {
                 r.bytes_read += read;

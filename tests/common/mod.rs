@@ -224,7 +224,7 @@ pub fn make_every_kind(root: &Path) {
     fs::hard_link(root.join("plain.txt"), root.join("dir/hard-to-plain")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         rustix::fs::FileType::Fifo,
         0o640.into(),
         0,
@@ -232,7 +232,7 @@ pub fn make_every_kind(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("null-dev"),
+        root.join("null-dev"),
         rustix::fs::FileType::CharacterDevice,
         0o666.into(),
         rustix::fs::makedev(1, 3),
@@ -240,7 +240,7 @@ pub fn make_every_kind(root: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("blk-dev"),
+        root.join("blk-dev"),
         rustix::fs::FileType::BlockDevice,
         0o660.into(),
         rustix::fs::makedev(7, 200),
@@ -253,7 +253,7 @@ pub fn make_every_kind(root: &Path) {
     fs::set_permissions(root.join("setuid-prog"), fs::Permissions::from_mode(0o4755)).unwrap();
     fs::write(root.join("owned"), b"someone else's\n").unwrap();
     rustix::fs::chown(
-        &root.join("owned"),
+        root.join("owned"),
         Some(rustix::fs::Uid::from_raw(1234)),
         Some(rustix::fs::Gid::from_raw(5678)),
     )

@@ -15,10 +15,13 @@ use hbb::{inspect, restore, snapshot, verify};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A reader of `ls` or `cat` that stops early is not an error; a pipe
+    // that closes under `snapshot -` is (the archive is incomplete).
+    let quiet_pipe = matches!(cli.cmd, Cmd::Ls(_) | Cmd::Cat(_));
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            if is_broken_pipe(&e) {
+            if quiet_pipe && is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
             eprintln!("hbb: error: {e:#}");

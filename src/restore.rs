@@ -503,7 +503,13 @@ impl<'a> Restorer<'a> {
                 );
             }
         }
-        if let Err(e) = rustix::fs::chmod(&proc_path, Mode::from_raw_mode(inode.perm)) {
+        // Set-user/group-id bits only for root, as tar does.
+        let perm = if self.is_root {
+            inode.perm
+        } else {
+            inode.perm & !0o6000
+        };
+        if let Err(e) = rustix::fs::chmod(&proc_path, Mode::from_raw_mode(perm)) {
             self.problem(ino, format!("mode: {e}"));
         }
         let ts = Timestamps {

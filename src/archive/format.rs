@@ -39,6 +39,12 @@ pub const MIN_BLOCK_SIZE: u64 = 4096;
 pub const MAX_BLOCK_SIZE: u64 = 1 << 30;
 /// Largest decompressed index a reader accepts (4 GiB).
 pub const MAX_INDEX_RAW: u64 = 4 << 30;
+/// Largest frame a block of `block_size` bytes can compress to (zstd's
+/// compress bound, rounded up); readers refuse larger frames.
+pub fn max_frame_len(block_size: u64) -> u64 {
+    block_size + (block_size >> 7) + (128 << 10)
+}
+
 /// Longest name of one directory entry (Linux's NAME_MAX).
 pub const MAX_NAME_LEN: usize = 255;
 

@@ -11,8 +11,31 @@ use std::path::{Path, PathBuf};
 use super::format::*;
 use crate::error::{Error, IoContext, Result};
 
+/// Where an archive's bytes come from: a file, or memory (tests, fuzzing).
+pub trait Source: Send + Sync {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+impl Source for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        FileExt::read_exact_at(self, buf, offset)
+    }
+}
+
+impl Source for Vec<u8> {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).map_err(|_| std::io::ErrorKind::UnexpectedEof)?;
+        let src = start
+            .checked_add(buf.len())
+            .and_then(|end| self.get(start..end))
+            .ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+}
+
 pub struct Archive {
-    file: File,
+    file: Box<dyn Source>,
     pub path: PathBuf,
     pub header: Header,
     pub footer: Footer,
@@ -24,10 +47,20 @@ impl Archive {
     pub fn open(path: &Path) -> Result<Archive> {
         let file = File::open(path).at(path)?;
         let file_len = file.metadata().at(path)?.len();
+        Archive::from_source(Box::new(file), file_len, path)
+    }
+
+    /// Opens an archive held in memory; `name` is used in messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: &Path) -> Result<Archive> {
+        let len = bytes.len() as u64;
+        Archive::from_source(Box::new(bytes), len, name)
+    }
+
+    pub fn from_source(file: Box<dyn Source>, file_len: u64, path: &Path) -> Result<Archive> {
         if file_len < (HEADER_SIZE + FOOTER_SIZE) as u64 {
             let mut first = [0u8; 8];
-            let n = file.read_at(&mut first, 0).unwrap_or(0);
-            if n == 8 && first == HEADER_MAGIC {
+            let magic = file.read_exact_at(&mut first, 0).is_ok() && first == HEADER_MAGIC;
+            if magic {
                 return Err(Error::corrupt(
                     path,
                     format!(
@@ -99,12 +132,22 @@ impl Archive {
                 ),
             ));
         }
-        let raw = zstd::bulk::decompress(&comp, footer.index_rlen as usize).map_err(|e| {
+        // Streamed, so that memory follows the bytes actually produced,
+        // never a declared size alone.
+        let mut raw = Vec::new();
+        let bad_index = |e: std::io::Error| {
             Error::corrupt(
                 path,
                 format!("index at offset {}: {e}", footer.index_offset),
             )
-        })?;
+        };
+        {
+            use std::io::Read;
+            let dec = zstd::stream::read::Decoder::with_buffer(&comp[..]).map_err(bad_index)?;
+            dec.take(footer.index_rlen + 1)
+                .read_to_end(&mut raw)
+                .map_err(bad_index)?;
+        }
         if raw.len() as u64 != footer.index_rlen {
             return Err(Error::corrupt(
                 path,
@@ -148,6 +191,11 @@ impl Archive {
             match b.loc {
                 BlockLoc::Zero => {}
                 BlockLoc::Frame { offset, clen } => {
+                    if clen as u64 > max_frame_len(bs) {
+                        return bad(format!(
+                            "block {i}: frame of {clen} bytes is larger than any block compresses to"
+                        ));
+                    }
                     if offset < HEADER_SIZE as u64 || offset.saturating_add(clen as u64) > data_end
                     {
                         return bad(format!(

@@ -45,6 +45,7 @@ impl Sink {
         tmpname.push(name);
         tmpname.push(format!(".hbb-partial-{}", std::process::id()));
         let tmp = dir.join(tmpname);
+        remove_stale_partials(&dir, name);
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -167,6 +168,37 @@ impl Drop for Sink {
         {
             interrupt::clear();
             let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Removes `.NAME.hbb-partial-PID` files left by snapshots that were
+/// killed (their process no longer exists).
+fn remove_stale_partials(dir: &Path, name: &std::ffi::OsStr) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut prefix = b".".to_vec();
+    prefix.extend_from_slice(name.as_bytes());
+    prefix.extend_from_slice(b".hbb-partial-");
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name();
+        let Some(pid) = n.as_bytes().strip_prefix(&prefix[..]) else {
+            continue;
+        };
+        let Some(pid) = std::str::from_utf8(pid)
+            .ok()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

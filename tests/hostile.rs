@@ -1,0 +1,600 @@
+//! Hostile archives: indexes crafted with the format's own writer and none
+//! of its checks, then opened, listed, verified and restored. Whatever the
+//! archive says: a clear error or a reported skip, never a panic, never a
+//! byte written outside DEST, memory bounded by sizes checked first.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use hbb::archive::writer::{ArchiveWriter, Payload, Sink};
+use hbb::archive::*;
+
+const BS: u64 = 64 << 10;
+
+fn time() -> Time {
+    Time {
+        sec: 1_600_000_000,
+        nsec: 0,
+    }
+}
+
+fn inode(body: Body) -> Inode {
+    Inode {
+        perm: 0o755,
+        uid: 0,
+        gid: 0,
+        nlink: 1,
+        mtime: time(),
+        atime: time(),
+        ctime: time(),
+        xattrs: Vec::new(),
+        body,
+    }
+}
+
+fn file(stream: u64, len: u64) -> Inode {
+    let mut i = inode(Body::File {
+        size: len,
+        extents: vec![Extent {
+            offset: 0,
+            stream,
+            len,
+        }],
+    });
+    i.perm = 0o644;
+    i
+}
+
+fn meta() -> Meta {
+    Meta {
+        tool: "crafted".into(),
+        host: "test".into(),
+        source: b"/crafted".to_vec(),
+        mode: Mode::File,
+        mode_reason: "crafted".into(),
+        started_ns: 0,
+        finished_ns: 0,
+        block_size: BS,
+        level: 3,
+        threads: 1,
+        volume_threshold: 0,
+        excludes: Vec::new(),
+        one_file_system: false,
+        stats: Stats::default(),
+        warnings: Vec::new(),
+        users: Vec::new(),
+        groups: Vec::new(),
+    }
+}
+
+/// Writes `frames` (raw frame bytes, each with the len and hash given) as
+/// blocks 0.., then the index that `edit` makes of a root holding nothing.
+fn craft(path: &Path, frames: Vec<(Vec<u8>, u32, [u8; 32])>, edit: impl FnOnce(&mut Index)) {
+    let mut w = ArchiveWriter::new(Sink::create(path).unwrap(), BS, [7; 16]).unwrap();
+    for (i, (frame, len, hash)) in frames.into_iter().enumerate() {
+        w.push(i as u64, len, hash, Payload::Frame(frame)).unwrap();
+    }
+    let blocks = w.take_blocks();
+    let mut index = Index {
+        meta: meta(),
+        blocks,
+        inodes: vec![inode(Body::Dir { first: 0, count: 0 })],
+        dirents: Vec::new(),
+        sources: Vec::new(),
+    };
+    edit(&mut index);
+    w.finish(&index, 3).unwrap();
+}
+
+fn block(data: &[u8]) -> (Vec<u8>, u32, [u8; 32]) {
+    (
+        zstd::bulk::compress(data, 3).unwrap(),
+        data.len() as u32,
+        *blake3::hash(data).as_bytes(),
+    )
+}
+
+/// Root with the given entries (name, inode) and inodes 1...
+fn tree(index: &mut Index, entries: &[(&[u8], u32)], inodes: Vec<Inode>) {
+    index.inodes.extend(inodes);
+    let first = index.dirents.len() as u32;
+    for (n, i) in entries {
+        index.dirents.push(Dirent {
+            name: n.to_vec(),
+            inode: *i,
+        });
+    }
+    index.inodes[0].body = Body::Dir {
+        first,
+        count: entries.len() as u32,
+    };
+}
+
+struct Scene {
+    _t: Tmp,
+    arc: PathBuf,
+    dest: PathBuf,
+    outside: PathBuf,
+}
+
+fn scene(name: &str) -> Scene {
+    let t = Tmp::new(&format!("hostile-{name}"));
+    let arc = t.path("evil.hbb");
+    let dest = t.path("dest");
+    let outside = t.path("outside");
+    fs::create_dir_all(&dest).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    Scene {
+        arc,
+        dest,
+        outside,
+        _t: t,
+    }
+}
+
+impl Scene {
+    fn a(&self) -> &str {
+        self.arc.to_str().unwrap()
+    }
+    fn d(&self) -> &str {
+        self.dest.to_str().unwrap()
+    }
+    #[track_caller]
+    fn outside_untouched(&self) {
+        let n = fs::read_dir(&self.outside).unwrap().count();
+        assert_eq!(n, 0, "something was written outside DEST");
+        let parent = self.outside.parent().unwrap();
+        let names: Vec<_> = fs::read_dir(parent)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names.len(),
+            3,
+            "the scene's directory gained entries: {names:?}"
+        );
+    }
+}
+
+/// Every reading command refuses the archive with a message containing `why`.
+#[track_caller]
+fn refused(s: &Scene, why: &str) {
+    for args in [
+        vec!["info", s.a()],
+        vec!["ls", "-R", s.a()],
+        vec!["verify", s.a()],
+        vec!["restore", s.a(), s.d()],
+    ] {
+        let o = hbb(&args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(why),
+            "{args:?}: expected {why:?} in {}",
+            stderr(&o)
+        );
+    }
+    s.outside_untouched();
+    assert_eq!(fs::read_dir(&s.dest).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let long = vec![b'n'; 300];
+    let names: Vec<&[u8]> = vec![b"a/b", b"..", b".", b"", b"x\0y", &long, b"/etc"];
+    for (k, name) in names.into_iter().enumerate() {
+        let s = scene(&format!("name{k}"));
+        craft(&s.arc, vec![block(b"payload")], |ix| {
+            tree(ix, &[(name, 1)], vec![file(0, 7)]);
+        });
+        refused(&s, "invalid entry name");
+    }
+}
+
+#[test]
+fn structural_lies_are_refused() {
+    type Edit = Box<dyn Fn(&mut Index)>;
+    let cases: Vec<(&str, &str, Edit)> = vec![
+        (
+            "cycle",
+            "not reachable from the root",
+            Box::new(|ix| {
+                // root -> a; b <-> c form a loop of their own.
+                tree(
+                    ix,
+                    &[(b"a", 1)],
+                    vec![
+                        inode(Body::Dir { first: 1, count: 0 }),
+                        inode(Body::Dir { first: 1, count: 1 }),
+                        inode(Body::Dir { first: 2, count: 1 }),
+                    ],
+                );
+                ix.dirents.push(Dirent {
+                    name: b"c".to_vec(),
+                    inode: 3,
+                });
+                ix.dirents.push(Dirent {
+                    name: b"b".to_vec(),
+                    inode: 2,
+                });
+            }),
+        ),
+        (
+            "root-as-child",
+            "out of range",
+            Box::new(|ix| tree(ix, &[(b"loop", 0)], vec![])),
+        ),
+        (
+            "dir-twice",
+            "listed twice",
+            Box::new(|ix| {
+                tree(
+                    ix,
+                    &[(b"a", 1), (b"b", 1)],
+                    vec![inode(Body::Dir { first: 0, count: 0 })],
+                );
+            }),
+        ),
+        (
+            "dirent-two-dirs",
+            "belongs to two directories",
+            Box::new(|ix| {
+                tree(
+                    ix,
+                    &[(b"a", 1)],
+                    vec![inode(Body::Dir { first: 0, count: 1 })],
+                );
+            }),
+        ),
+        (
+            "inode-range",
+            "out of range",
+            Box::new(|ix| tree(ix, &[(b"a", 99)], vec![])),
+        ),
+        (
+            "dirent-range",
+            "out of range",
+            Box::new(|ix| {
+                ix.inodes[0].body = Body::Dir {
+                    first: 5,
+                    count: u32::MAX,
+                }
+            }),
+        ),
+        (
+            "unsorted",
+            "not sorted",
+            Box::new(|ix| tree(ix, &[(b"b", 1), (b"a", 2)], vec![file(0, 1), file(1, 1)])),
+        ),
+        (
+            "overlap",
+            "extent out of range",
+            Box::new(|ix| {
+                let mut f = file(0, 7);
+                f.body = Body::File {
+                    size: 7,
+                    extents: vec![
+                        Extent {
+                            offset: 0,
+                            stream: 0,
+                            len: 5,
+                        },
+                        Extent {
+                            offset: 3,
+                            stream: 0,
+                            len: 4,
+                        },
+                    ],
+                };
+                tree(ix, &[(b"a", 1)], vec![f]);
+            }),
+        ),
+        (
+            "past-the-stream",
+            "extent out of range",
+            Box::new(|ix| tree(ix, &[(b"a", 1)], vec![file(BS * 1000, 7)])),
+        ),
+        (
+            "overflow",
+            "extent out of range",
+            Box::new(|ix| {
+                let mut f = file(0, 7);
+                f.body = Body::File {
+                    size: u64::MAX,
+                    extents: vec![Extent {
+                        offset: u64::MAX - 2,
+                        stream: 0,
+                        len: 7,
+                    }],
+                };
+                tree(ix, &[(b"a", 1)], vec![f]);
+            }),
+        ),
+        (
+            "beyond-size",
+            "extent out of range",
+            Box::new(|ix| {
+                let mut f = file(0, 7);
+                f.body = Body::File {
+                    size: 3,
+                    extents: vec![Extent {
+                        offset: 0,
+                        stream: 0,
+                        len: 7,
+                    }],
+                };
+                tree(ix, &[(b"a", 1)], vec![f]);
+            }),
+        ),
+        (
+            "block-len",
+            "exceeds block size",
+            Box::new(|ix| ix.blocks[0].len = BS as u32 + 1),
+        ),
+        (
+            "frame-outside",
+            "outside the data area",
+            Box::new(|ix| {
+                ix.blocks[0].loc = BlockLoc::Frame {
+                    offset: 1 << 40,
+                    clen: 10,
+                }
+            }),
+        ),
+        (
+            "frame-huge",
+            "larger than any block",
+            Box::new(|ix| {
+                ix.blocks[0].loc = BlockLoc::Frame {
+                    offset: 64,
+                    clen: u32::MAX,
+                }
+            }),
+        ),
+        (
+            "no-root",
+            "no root directory",
+            Box::new(|ix| ix.inodes[0].body = Body::Fifo),
+        ),
+        (
+            "symlink-nul",
+            "invalid symlink target",
+            Box::new(|ix| {
+                tree(
+                    ix,
+                    &[(b"l", 1)],
+                    vec![inode(Body::Symlink {
+                        target: b"a\0b".to_vec(),
+                    })],
+                )
+            }),
+        ),
+    ];
+    for (name, why, edit) in cases {
+        let s = scene(name);
+        craft(&s.arc, vec![block(b"payload")], |ix| edit(ix));
+        refused(&s, why);
+    }
+}
+
+#[test]
+fn planted_symlinks_in_dest_are_never_followed() {
+    let s = scene("planted");
+    craft(&s.arc, vec![block(b"secret")], |ix| {
+        tree(
+            ix,
+            &[(b"evil", 1), (b"top", 3)],
+            vec![
+                inode(Body::Dir { first: 2, count: 1 }),
+                file(0, 6),
+                file(0, 6),
+            ],
+        );
+        ix.dirents.push(Dirent {
+            name: b"x".to_vec(),
+            inode: 2,
+        });
+    });
+    // DEST/evil -> outside, DEST/top -> outside/top: restore must not write through them.
+    std::os::unix::fs::symlink(&s.outside, s.dest.join("evil")).unwrap();
+    std::os::unix::fs::symlink(s.outside.join("top"), s.dest.join("top")).unwrap();
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("exists"), "{}", stderr(&o));
+    s.outside_untouched();
+    let o = hbb(&["restore", "--overwrite", s.a(), s.d()]);
+    assert_ok(&o);
+    s.outside_untouched();
+    assert!(s.dest.join("evil").symlink_metadata().unwrap().is_dir());
+    assert_eq!(fs::read(s.dest.join("evil/x")).unwrap(), b"secret");
+    assert_eq!(fs::read(s.dest.join("top")).unwrap(), b"secret");
+}
+
+#[test]
+fn a_restored_symlink_is_not_followed_by_a_later_restore() {
+    let s = scene("twostep");
+    // First archive: "a" is a symlink to the outside directory.
+    let first = s.arc.with_file_name("first.hbb");
+    craft(&first, vec![], |ix| {
+        tree(
+            ix,
+            &[(b"a", 1)],
+            vec![inode(Body::Symlink {
+                target: s.outside.as_os_str().as_encoded_bytes().to_vec(),
+            })],
+        );
+    });
+    assert_ok(&hbb(&["restore", first.to_str().unwrap(), s.d()]));
+    // Second: "a" is a directory holding "x".
+    craft(&s.arc, vec![block(b"through")], |ix| {
+        tree(
+            ix,
+            &[(b"a", 1)],
+            vec![inode(Body::Dir { first: 1, count: 1 }), file(0, 7)],
+        );
+        ix.dirents.push(Dirent {
+            name: b"x".to_vec(),
+            inode: 2,
+        });
+    });
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_ok(&hbb(&["restore", "--overwrite", s.a(), s.d()]));
+    assert_eq!(
+        fs::read_dir(&s.outside).unwrap().count(),
+        0,
+        "written through a symlink"
+    );
+    assert_eq!(fs::read(s.dest.join("a/x")).unwrap(), b"through");
+    fs::remove_file(&first).unwrap();
+    s.outside_untouched();
+}
+
+#[test]
+fn lying_frames_cost_only_their_files() {
+    let s = scene("frames");
+    let good = block(b"good data");
+    // Declares 5 bytes, decompresses to 9.
+    let mut short = block(b"liar data");
+    short.1 = 5;
+    // A bomb: 60 MB of zeros in one small frame, declared as 100 bytes.
+    let bomb_raw = vec![0u8; 60 << 20];
+    let bomb = (zstd::bulk::compress(&bomb_raw, 19).unwrap(), 100, [1; 32]);
+    // Right length, wrong hash.
+    let mut wrong = block(b"tampered!");
+    wrong.2 = [9; 32];
+    craft(&s.arc, vec![good, short, bomb, wrong], |ix| {
+        tree(
+            ix,
+            &[(b"bomb", 3), (b"good", 1), (b"liar", 2), (b"wrong", 4)],
+            vec![file(0, 9), file(BS, 5), file(2 * BS, 100), file(3 * BS, 9)],
+        );
+    });
+    let v = hbb(&["verify", "--json", s.a()]);
+    assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
+    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let bad: Vec<u64> = j["bad_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["block"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, [1, 2, 3], "{j}");
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(fs::read(s.dest.join("good")).unwrap(), b"good data");
+    for f in ["liar", "bomb", "wrong"] {
+        assert!(!s.dest.join(f).exists(), "{f} restored from a bad block");
+        assert!(stderr(&o).contains(f), "{}", stderr(&o));
+    }
+    s.outside_untouched();
+}
+
+#[test]
+fn many_tiny_blocks_and_huge_declared_index() {
+    let s = scene("tiny");
+    // 200,000 one-byte blocks all sharing one frame.
+    craft(&s.arc, vec![block(b"z")], |ix| {
+        let b = ix.blocks[0].clone();
+        ix.blocks = vec![b; 200_000];
+        tree(ix, &[(b"f", 1)], vec![file(BS * 199_999, 1)]);
+    });
+    assert_ok(&hbb(&["verify", s.a()]));
+    assert_ok(&hbb(&["restore", s.a(), s.d()]));
+    assert_eq!(fs::read(s.dest.join("f")).unwrap(), b"z");
+
+    // A footer that declares a 1 TiB index: refused before allocating it.
+    let s2 = scene("bigindex");
+    craft(&s2.arc, vec![], |_| {});
+    let mut bytes = fs::read(&s2.arc).unwrap();
+    let at = bytes.len() - FOOTER_SIZE;
+    let mut f: [u8; FOOTER_SIZE] = bytes[at..].try_into().unwrap();
+    f[footer::INDEX_RLEN..footer::INDEX_RLEN + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let c = check32(&f[..footer::CHECK]);
+    f[footer::CHECK..footer::CHECK + 4].copy_from_slice(&c.to_le_bytes());
+    bytes[at..].copy_from_slice(&f);
+    fs::write(&s2.arc, &bytes).unwrap();
+    refused(&s2, "exceeds the limit");
+}
+
+#[test]
+fn devices_and_setid_bits_only_for_root() {
+    let s = scene("devices");
+    craft(&s.arc, vec![block(b"#!/bin/sh\n")], |ix| {
+        let mut suid = file(0, 10);
+        suid.perm = 0o4755;
+        tree(
+            ix,
+            &[(b"dev", 1), (b"prog", 2)],
+            vec![
+                inode(Body::CharDev {
+                    rdev: rustix::fs::makedev(1, 3),
+                }),
+                suid,
+            ],
+        );
+    });
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(s.dest.parent().unwrap(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&s.dest, fs::Permissions::from_mode(0o777)).unwrap();
+    let o = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            bin(),
+            "restore",
+            s.a(),
+            s.d(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("device node not restored"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!s.dest.join("dev").exists());
+    let mode = fs::metadata(s.dest.join("prog"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "set-id bit kept for a non-root user");
+    // As root, both come back.
+    let d2 = s.dest.with_file_name("dest-root");
+    assert_ok(&hbb(&["restore", s.a(), d2.to_str().unwrap()]));
+    assert_eq!(
+        fs::metadata(d2.join("prog")).unwrap().permissions().mode() & 0o7777,
+        0o4755
+    );
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::symlink_metadata(d2.join("dev"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    fs::remove_dir_all(&d2).unwrap();
+}
+
+#[test]
+fn other_formats_and_future_versions() {
+    let s = scene("future");
+    craft(&s.arc, vec![], |_| {});
+    let mut bytes = fs::read(&s.arc).unwrap();
+    let mut h: [u8; HEADER_SIZE] = bytes[..HEADER_SIZE].try_into().unwrap();
+    h[header::VERSION_MAJOR..header::VERSION_MAJOR + 2].copy_from_slice(&2u16.to_le_bytes());
+    let c = check32(&h[..header::CHECK]);
+    h[header::CHECK..header::CHECK + 4].copy_from_slice(&c.to_le_bytes());
+    bytes[..HEADER_SIZE].copy_from_slice(&h);
+    fs::write(&s.arc, &bytes).unwrap();
+    refused(&s, "version 2.0 is not supported");
+    // A zstd file is not an archive.
+    let s2 = scene("zstdfile");
+    fs::write(&s2.arc, zstd::bulk::compress(&[1u8; 100_000], 3).unwrap()).unwrap();
+    refused(&s2, "not an hbb archive");
+}

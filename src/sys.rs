@@ -65,6 +65,29 @@ pub fn open_noatime(path: &Path) -> io::Result<File> {
     }
 }
 
+/// The names in a directory (without `.` and `..`), read without updating
+/// its atime when allowed, so that a snapshot leaves its source untouched.
+/// Each name comes with the type the directory records (`Unknown` on
+/// filesystems that do not record it).
+pub fn read_dir_names(path: &Path) -> io::Result<Vec<(std::ffi::OsString, rustix::fs::FileType)>> {
+    use rustix::fs::{Dir, Mode, OFlags, open};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = match open(path, flags | OFlags::NOATIME, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::PERM) => open(path, flags, Mode::empty())?,
+        Err(e) => return Err(e.into()),
+    };
+    let mut names = Vec::new();
+    for e in Dir::read_from(&fd)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push((OsStr::from_bytes(n).to_os_string(), e.file_type()));
+        }
+    }
+    Ok(names)
+}
+
 /// The data regions `(offset, len)` of a file of `size` bytes, skipping holes.
 pub fn data_regions(f: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
     use rustix::fs::{SeekFrom, seek};

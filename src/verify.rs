@@ -57,7 +57,9 @@ pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Repo
         match b.loc {
             BlockLoc::Zero => {}
             BlockLoc::Frame { offset, .. } => {
-                if seen.insert(offset) {
+                // Blocks sharing a frame are decoded once, unless they
+                // disagree on what it holds.
+                if seen.insert((offset, b.len, b.hash)) {
                     list.push(i as u64);
                 }
             }

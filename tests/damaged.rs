@@ -50,8 +50,11 @@ fn exercise(bytes: Vec<u8>, what: &str) -> bool {
 #[test]
 fn truncated_anywhere_never_opens_and_never_panics() {
     let t = Tmp::new("damaged-trunc");
-    let (_, bytes) = small_archive(&t);
-    for cut in 0..bytes.len() {
+    let (arc, bytes) = small_archive(&t);
+    let index_at = Archive::open(&arc).unwrap().footer.index_offset as usize;
+    // Every cut in the header, the index and the footer; every 97th in the frames.
+    let cuts = (0..bytes.len()).filter(|&c| c < 128 || c + 16 >= index_at || c % 97 == 0);
+    for cut in cuts {
         let opened = exercise(bytes[..cut].to_vec(), &format!("truncation at {cut}"));
         assert!(
             !opened,
@@ -112,7 +115,9 @@ fn flipped_bits_in_frames_cost_exactly_their_block() {
         .collect();
     let (mut flips, mut caught) = (0, 0);
     for &(blk, offset, clen) in &frames {
-        for pos in (offset..offset + clen as u64).step_by(7) {
+        // About 60 positions spread over each frame, header bytes included.
+        let step = (clen as usize / 60).max(1);
+        for pos in (offset..offset + clen as u64).step_by(step) {
             let mut b = bytes.clone();
             b[pos as usize] ^= 0x01;
             let d = Archive::from_bytes(b, Path::new("x")).expect("the index is intact");

@@ -43,7 +43,9 @@ fn sigkill_at_random_moments_never_leaves_a_complete_looking_archive() {
     let full = t0.elapsed().as_millis() as u64;
     let mut seed = 0x1234_5678u64;
     for round in 0..20 {
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let delay = (seed >> 33) % (full + 50);
         let mut child = Command::new(bin())
             .args(["snapshot", "-q", s(&src), s(&arc)])
@@ -60,7 +62,11 @@ fn sigkill_at_random_moments_never_leaves_a_complete_looking_archive() {
         }
         for p in partials(t.root()) {
             let o = hbb(&["info", s(&t.path(&p))]);
-            assert_eq!(o.status.code(), Some(1), "round {round}: partial {p} opened");
+            assert_eq!(
+                o.status.code(),
+                Some(1),
+                "round {round}: partial {p} opened"
+            );
         }
     }
     // The next snapshot removes what killed ones left behind.
@@ -96,7 +102,17 @@ fn full_destination_is_a_clear_error_and_leaves_nothing() {
     let before = blake3::hash(&data);
     let dest = t.path("small");
     fs::create_dir_all(&dest).unwrap();
-    run("mount", &["-t".as_ref(), "tmpfs".as_ref(), "-o".as_ref(), "size=4m".as_ref(), "tmpfs".as_ref(), dest.as_os_str()]);
+    run(
+        "mount",
+        &[
+            "-t".as_ref(),
+            "tmpfs".as_ref(),
+            "-o".as_ref(),
+            "size=4m".as_ref(),
+            "tmpfs".as_ref(),
+            dest.as_os_str(),
+        ],
+    );
     let _m = TmpfsMount(dest.clone());
     let arc = dest.join("a.hbb");
     let o = hbb(&["snapshot", s(&src), s(&arc)]);
@@ -116,7 +132,11 @@ fn pipe_closing_early_is_an_error_not_a_hang() {
     let t0 = Instant::now();
     let o = Command::new("bash")
         .arg("-c")
-        .arg(format!("set -o pipefail; {} snapshot --level 1 {} - | head -c 1000 >/dev/null", bin(), s(&src)))
+        .arg(format!(
+            "set -o pipefail; {} snapshot --level 1 {} - | head -c 1000 >/dev/null",
+            bin(),
+            s(&src)
+        ))
         .output()
         .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(60), "hung");
@@ -152,7 +172,10 @@ fn consistent(t: &Tmp, arc: &Path) {
     let r = hbb(&["restore", "-q", s(arc), s(&dst)]);
     assert_ok(&r);
     let ls = hbb(&["ls", "-l", "-R", s(arc)]);
-    for line in String::from_utf8_lossy(&ls.stdout).lines().filter(|l| l.starts_with('-')) {
+    for line in String::from_utf8_lossy(&ls.stdout)
+        .lines()
+        .filter(|l| l.starts_with('-'))
+    {
         let f: Vec<&str> = line.split_whitespace().collect();
         let size: u64 = f[4].parse().unwrap();
         let name = f[6..].join(" ");
@@ -175,7 +198,11 @@ fn a_file_growing_while_read_is_reported_and_the_archive_stays_consistent() {
         std::thread::sleep(Duration::from_micros(200));
     });
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("grow: changed while read"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("grow: changed while read"),
+        "{}",
+        stderr(&o)
+    );
     consistent(&t, &t.path("a.hbb"));
 }
 
@@ -194,7 +221,10 @@ fn a_file_shrinking_while_read_is_reported_and_the_archive_stays_consistent() {
     });
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let e = stderr(&o);
-    assert!(e.contains("shrink: shrank while read") || e.contains("shrink: changed while read"), "{e}");
+    assert!(
+        e.contains("shrink: shrank while read") || e.contains("shrink: changed while read"),
+        "{e}"
+    );
     consistent(&t, &t.path("a.hbb"));
 }
 

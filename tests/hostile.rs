@@ -330,6 +330,11 @@ fn structural_lies_are_refused() {
             }),
         ),
         (
+            "into-a-short-block-gap",
+            "past the end of block 0",
+            Box::new(|ix| tree(ix, &[(b"a", 1)], vec![file(0, 100)])),
+        ),
+        (
             "block-len",
             "exceeds block size",
             Box::new(|ix| ix.blocks[0].len = BS as u32 + 1),
@@ -593,6 +598,17 @@ fn other_formats_and_future_versions() {
     bytes[..HEADER_SIZE].copy_from_slice(&h);
     fs::write(&s.arc, &bytes).unwrap();
     refused(&s, "version 2.0 is not supported");
+    // A flag this version does not know: refused, not ignored.
+    let s3 = scene("flags");
+    craft(&s3.arc, vec![], |_| {});
+    let mut bytes = fs::read(&s3.arc).unwrap();
+    let mut h: [u8; HEADER_SIZE] = bytes[..HEADER_SIZE].try_into().unwrap();
+    h[header::FLAGS..header::FLAGS + 4].copy_from_slice(&1u32.to_le_bytes());
+    let c = check32(&h[..header::CHECK]);
+    h[header::CHECK..header::CHECK + 4].copy_from_slice(&c.to_le_bytes());
+    bytes[..HEADER_SIZE].copy_from_slice(&h);
+    fs::write(&s3.arc, &bytes).unwrap();
+    refused(&s3, "format features this hbb does not know");
     // A zstd file is not an archive.
     let s2 = scene("zstdfile");
     fs::write(&s2.arc, zstd::bulk::compress(&[1u8; 100_000], 3).unwrap()).unwrap();

@@ -16,7 +16,11 @@ use common::*;
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { size: usize, seed: u64, sparse: bool },
+    File {
+        size: usize,
+        seed: u64,
+        sparse: bool,
+    },
     Dir(Vec<(Vec<u8>, Node)>),
     Symlink(Vec<u8>),
     /// A hard link to the n-th regular file created so far (if any).
@@ -24,8 +28,11 @@ enum Node {
 }
 
 fn name() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..20)
-        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    proptest::collection::vec(
+        any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+        1..20,
+    )
+    .prop_filter("not . or ..", |n| n != b"." && n != b"..")
 }
 
 fn node() -> impl Strategy<Value = Node> {
@@ -51,7 +58,8 @@ fn build(at: &Path, n: &Node, files: &mut Vec<PathBuf>) {
                 let f = fs::File::create(at).unwrap();
                 f.set_len((*size as u64) * 50).unwrap();
                 use std::os::unix::fs::FileExt;
-                f.write_all_at(&pattern(*size, *seed), (*size as u64) * 20).unwrap();
+                f.write_all_at(&pattern(*size, *seed), (*size as u64) * 20)
+                    .unwrap();
             } else {
                 fs::write(at, pattern(*size, *seed)).unwrap();
             }
@@ -63,7 +71,9 @@ fn build(at: &Path, n: &Node, files: &mut Vec<PathBuf>) {
                 build(&at.join(std::ffi::OsStr::from_bytes(name)), c, files);
             }
         }
-        Node::Symlink(target) => std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), at).unwrap(),
+        Node::Symlink(target) => {
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), at).unwrap()
+        }
         Node::Link(k) => match files.get(*k) {
             Some(f) => fs::hard_link(f, at).unwrap(),
             None => fs::write(at, b"no file to link to yet").unwrap(),

@@ -31,6 +31,11 @@ pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: additions that older readers of the same major can ignore.
 pub const VERSION_MINOR: u16 = 0;
 
+/// Flag bits a reader of this version understands. A writer sets a flag
+/// for a feature old readers must not ignore; a reader refuses any flag
+/// outside this mask. None are defined in 1.0.
+pub const KNOWN_FLAGS: u32 = 0;
+
 pub const HEADER_SIZE: usize = 64;
 pub const FOOTER_SIZE: usize = 96;
 
@@ -130,6 +135,12 @@ impl Header {
                 h.version_major, h.version_minor, VERSION_MAJOR
             ));
         }
+        if h.flags & !KNOWN_FLAGS != 0 {
+            return Err(format!(
+                "archive uses format features this hbb does not know (header flags {:#x})",
+                h.flags
+            ));
+        }
         if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&h.block_size) {
             return Err(format!("header: block size {} out of range", h.block_size));
         }
@@ -175,6 +186,12 @@ impl Footer {
         }
         if le_u32(b, footer::CHECK) != check32(&b[..footer::CHECK]) {
             return Err("footer check mismatch (damaged footer)".into());
+        }
+        let flags = le_u32(b, footer::FLAGS);
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(format!(
+                "archive uses format features this hbb does not know (footer flags {flags:#x})"
+            ));
         }
         Ok(Footer {
             version_major: le_u16(b, footer::VERSION_MAJOR),

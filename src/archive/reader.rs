@@ -169,7 +169,8 @@ impl Archive {
     }
 
     /// Structural checks of the index, so that later code can index without
-    /// panicking: ranges within bounds, no directory cycles.
+    /// panicking: ranges within bounds, no directory cycles. (A directory
+    /// that no entry names is unreachable, hence harmless, and not refused.)
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::corrupt(&self.path, format!("index: {m}")));
         let idx = &self.index;
@@ -263,6 +264,19 @@ impl Archive {
                                 prev_end = f;
                             }
                             _ => return bad(format!("inode {i}: data extent out of range")),
+                        }
+                        // Every byte must lie within its block's stored length
+                        // (not in the gap after a short block).
+                        if e.len > 0 {
+                            let (first, last) = (e.stream / bs, (e.stream + e.len - 1) / bs);
+                            for b in first..=last {
+                                let need = (e.stream + e.len).min((b + 1) * bs) - b * bs;
+                                if need > idx.blocks[b as usize].len as u64 {
+                                    return bad(format!(
+                                        "inode {i}: data extent reaches past the end of block {b}"
+                                    ));
+                                }
+                            }
                         }
                     }
                 }

@@ -194,7 +194,12 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
     }
     let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
     let epoch = pinned_epoch();
-    let started = epoch.map(|e| e * 1_000_000_000).unwrap_or_else(now_ns);
+    let started = match epoch {
+        Some(e) => e
+            .checked_mul(1_000_000_000)
+            .ok_or_else(|| Error::Other(format!("SOURCE_DATE_EPOCH={e} is out of range")))?,
+        None => now_ns(),
+    };
     let archive_id = match epoch {
         Some(e) => {
             let mut h = blake3::Hasher::new();
@@ -394,16 +399,16 @@ fn read_files(
             .spawn_scoped(s, move || {
                 for job in files {
                     let f = sys::open_noatime(&job.path);
-                    if let Ok(f) = &f {
-                        if job.size > 0 {
-                            let len = job.size.min(PREFETCH_BYTES) as i64;
-                            let _ = rustix::fs::fadvise(
-                                f,
-                                0,
-                                std::num::NonZeroU64::new(len as u64),
-                                rustix::fs::Advice::WillNeed,
-                            );
-                        }
+                    if let Ok(f) = &f
+                        && job.size > 0
+                    {
+                        let len = job.size.min(PREFETCH_BYTES);
+                        let _ = rustix::fs::fadvise(
+                            f,
+                            0,
+                            std::num::NonZeroU64::new(len),
+                            rustix::fs::Advice::WillNeed,
+                        );
                     }
                     if tx.send(f).is_err() {
                         return;

@@ -101,16 +101,24 @@ pub fn count_entries(root: &Path, limit: u64) -> u64 {
     let mut n = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+        let Ok(names) = sys::read_dir_names(&dir) else {
             continue;
         };
-        for e in rd.flatten() {
+        for (name, ft) in names {
             n += 1;
             if n > limit {
                 return n;
             }
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(e.path());
+            let p = dir.join(name);
+            let is_dir = match ft {
+                rustix::fs::FileType::Directory => true,
+                rustix::fs::FileType::Unknown => {
+                    std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+                }
+                _ => false,
+            };
+            if is_dir {
+                stack.push(p);
             }
         }
     }
@@ -147,21 +155,8 @@ pub fn walk(root: &Path, excludes: &Excludes, one_file_system: bool) -> Result<T
     // (inode, absolute path, path relative to root)
     let mut stack: Vec<(u32, PathBuf, PathBuf)> = vec![(0, root.to_path_buf(), PathBuf::new())];
     while let Some((dir_ino, dir_path, rel)) = stack.pop() {
-        let mut names: Vec<OsString> = match std::fs::read_dir(&dir_path) {
-            Ok(rd) => {
-                let mut v = Vec::new();
-                for e in rd {
-                    match e {
-                        Ok(e) => v.push(e.file_name()),
-                        Err(e) => {
-                            t.warnings
-                                .push(format!("{}: reading directory: {e}", dir_path.display()));
-                            break;
-                        }
-                    }
-                }
-                v
-            }
+        let mut names: Vec<OsString> = match sys::read_dir_names(&dir_path) {
+            Ok(v) => v.into_iter().map(|(n, _)| n).collect(),
             Err(e) => {
                 t.warnings
                     .push(format!("{}: reading directory: {e}", dir_path.display()));

@@ -280,10 +280,59 @@ fn compare(a: &Archive, src: &Path, threads: usize, r: &mut Report) -> Result<()
         }
         Ok(())
     })?;
+    // What the archive holds as holes must read as zeros in the source.
+    for (i, ino) in a.index.inodes.iter().enumerate() {
+        let i = i as u32;
+        if let Body::File { size, extents } = &ino.body
+            && !skip[i as usize]
+            && !differs.contains(&i)
+            && extents.iter().map(|e| e.len).sum::<u64>() < *size
+            && !holes_are_zero(&src_of(i), *size, extents)
+        {
+            differs.insert(i);
+        }
+    }
     for ino in differs {
         r.differences
             .push(format!("{}: content differs", show(ino)));
     }
-    // Holes in the archive must be zeros in the source.
     Ok(())
+}
+
+/// Whether the source file reads as zeros wherever `extents` leave a hole.
+/// Only the source's data regions are read: its own holes are zeros.
+fn holes_are_zero(path: &Path, size: u64, extents: &[Extent]) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let Ok(regions) = sys::data_regions(&f, size) else {
+        return false;
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    for (start, len) in regions {
+        let mut pos = start;
+        let end = start + len;
+        while pos < end {
+            // Skip what an extent covers (compared already).
+            if let Some(e) = extents
+                .iter()
+                .find(|e| e.offset <= pos && pos < e.offset + e.len)
+            {
+                pos = e.offset + e.len;
+                continue;
+            }
+            let next = extents
+                .iter()
+                .map(|e| e.offset)
+                .filter(|&o| o > pos)
+                .min()
+                .unwrap_or(end);
+            let n = (next.min(end) - pos).min(buf.len() as u64) as usize;
+            if f.read_exact_at(&mut buf[..n], pos).is_err() || buf[..n].iter().any(|&b| b != 0) {
+                return false;
+            }
+            pos += n as u64;
+        }
+    }
+    true
 }

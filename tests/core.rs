@@ -531,9 +531,16 @@ fn verify_reports_changes_in_the_source() {
     bytes[0] ^= 1;
     fs::write(src.join("plain.txt"), &bytes).unwrap();
     fs::write(src.join("new-file"), b"new").unwrap();
+    // Data written into one of the archive's holes.
+    let sp = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("sparse"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sp, b"x", 5 << 20).unwrap();
     let v = hbb(&["verify", "--source", s(&src), s(&arc)]);
     assert_eq!(v.status.code(), Some(4));
     let e = stderr(&v);
+    assert!(e.contains("sparse: content differs"), "{e}");
     assert!(e.contains("plain.txt: content differs"), "{e}");
     assert!(e.contains("new-file: only in the source"), "{e}");
 }

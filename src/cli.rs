@@ -52,6 +52,10 @@ pub enum Cmd {
     Ls(LsArgs),
     /// Write a file of the archive to stdout.
     Cat(CatArgs),
+    /// Mount ARCHIVE read-only on MOUNTPOINT (FUSE), decompressing blocks on demand.
+    Mount(MountArgs),
+    /// Unmount an archive mounted with `hbb mount`.
+    Umount(UmountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +158,35 @@ pub struct LsArgs {
 pub struct CatArgs {
     pub archive: PathBuf,
     pub path: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    pub archive: PathBuf,
+    /// An existing directory with nothing mounted on it.
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground and log to stderr (default: return once
+    /// mounted and serve in the background, logging to syslog).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Memory for decompressed blocks, least recently used dropped first.
+    #[arg(long, value_name = "SIZE", default_value = crate::mount::DEFAULT_CACHE, value_parser = parse_size)]
+    pub cache: u64,
+    /// Decompression threads [default: the number of cores].
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+    /// Mount option (allow_other, allow_root, auto_unmount, noexec, fsname=NAME...);
+    /// repeatable or comma-separated. The mount is always read-only.
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub options: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+    /// Detach now even if busy; it goes away when its last user closes it.
+    #[arg(long, short = 'z')]
+    pub lazy: bool,
 }
 
 /// Parses 4096, 4K, 4KiB, 24M, 24MiB, 1G, 1GiB (binary multiples; "KB",

@@ -8,6 +8,7 @@ pub mod archive;
 pub mod cli;
 pub mod error;
 pub mod inspect;
+pub mod mount;
 pub mod progress;
 pub mod restore;
 pub mod snapshot;

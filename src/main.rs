@@ -220,5 +220,27 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             inspect::cat(&ar, a.path.as_os_str().as_bytes(), &mut out)?;
             Ok(exit::OK)
         }
+        Cmd::Mount(a) => {
+            let opts = hbb::mount::Options {
+                archive: a.archive.clone(),
+                mountpoint: a.mountpoint.clone(),
+                foreground: a.foreground,
+                cache_bytes: a.cache,
+                threads: a.threads.unwrap_or_else(default_threads).max(1),
+                options: a.options.clone(),
+            };
+            hbb::mount::mount(&opts).with_context(|| {
+                format!(
+                    "cannot mount {} on {}",
+                    a.archive.display(),
+                    a.mountpoint.display()
+                )
+            })?;
+            Ok(exit::OK)
+        }
+        Cmd::Umount(a) => {
+            hbb::mount::umount(&a.mountpoint, a.lazy)?;
+            Ok(exit::OK)
+        }
     }
 }

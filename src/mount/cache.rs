@@ -1,0 +1,567 @@
+//! The block cache of a mounted archive: decompressed blocks, shared by all
+//! readers, decoded on a pool of worker threads.
+//!
+//! ```text
+//! read ─► get(blocks, done) ─┬─ all cached ─────────────────────► done(blocks), on the caller's thread
+//!                            └─ some missing ─► pending ─► pool ─► LRU ─► done(blocks), on a worker
+//! sequential read ─► prefetch(next blocks) ─► same pool, served after every demand miss
+//! ```
+//!
+//! One mutex guards the LRU, the table of blocks being decoded and the two
+//! work queues; it is never held while a block is read, decoded, hashed or
+//! copied, so hits answer at once while misses decode in parallel. A block
+//! is decoded once however many readers ask for it meanwhile: later readers
+//! wait on the first one's decode. The LRU is bounded in bytes of decoded
+//! data; blocks handed to readers are reference-counted, so evicting one
+//! never disturbs a reply being built from it.
+//!
+//! The archive never changes while mounted, so a damaged block stays
+//! damaged: its error is remembered and every read touching it fails at once
+//! with the same error (naming the block and its offset) without decoding it
+//! again.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use lru::LruCache;
+
+use crate::archive::{Archive, new_decompressor};
+use crate::error::Error;
+
+/// A decompressed block, exactly its index length.
+pub type Data = Arc<Vec<u8>>;
+/// Why a block cannot be read (an `Error::Block` naming it).
+pub type Failure = Arc<Error>;
+/// What a reader does once all its blocks are there (or one failed).
+pub type Done = Box<dyn FnOnce(Result<Vec<Data>, Failure>) + Send>;
+
+/// Counters, for tests and for the foreground summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Blocks found in the cache.
+    pub hits: u64,
+    /// Blocks a reader had to wait for.
+    pub misses: u64,
+    /// Misses that joined a decode already under way.
+    pub joined: u64,
+    /// Blocks decoded (each at most once while it stays cached).
+    pub decoded: u64,
+    /// Blocks queued by read-ahead.
+    pub prefetched: u64,
+    pub cached_blocks: u64,
+    pub cached_bytes: u64,
+}
+
+pub struct BlockCache {
+    shared: Arc<Shared>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+struct Shared {
+    archive: Arc<Archive>,
+    capacity: u64,
+    /// Most read-ahead blocks queued at once.
+    prefetch_limit: usize,
+    state: Mutex<State>,
+    wake: Condvar,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    joined: AtomicU64,
+    decoded: AtomicU64,
+    prefetched: AtomicU64,
+}
+
+struct State {
+    lru: LruCache<u64, Data>,
+    /// Bytes held by `lru`.
+    bytes: u64,
+    /// Blocks queued or being decoded, with the readers waiting for them.
+    pending: HashMap<u64, Pending>,
+    /// Blocks readers wait for, served first.
+    demand: VecDeque<u64>,
+    /// Blocks read-ahead asked for, served when no reader waits.
+    prefetch: VecDeque<u64>,
+    /// Blocks found damaged; the archive does not change, so neither do they.
+    bad: HashMap<u64, Failure>,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiters: Vec<(Arc<Gather>, usize)>,
+    /// A worker has taken it.
+    started: bool,
+    /// It is in the demand queue (not only in the prefetch queue).
+    in_demand: bool,
+}
+
+/// One reader's blocks, filled in as workers finish them.
+struct Gather(Mutex<GatherState>);
+
+struct GatherState {
+    slots: Vec<Option<Data>>,
+    missing: usize,
+    done: Option<Done>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking reader must not take the whole mount down with it: the
+    // state is consistent between statements, so carry on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl BlockCache {
+    /// A cache of at most `capacity` bytes of decoded blocks, decoding on
+    /// `threads` workers (named `hbb-mount-N`).
+    pub fn new(archive: Arc<Archive>, capacity: u64, threads: usize) -> std::io::Result<Self> {
+        let threads = threads.max(1);
+        let in_cache = (capacity / archive.block_size().max(1)) as usize;
+        let shared = Arc::new(Shared {
+            archive,
+            capacity,
+            // Never read ahead more than half the cache holds: prefetched
+            // blocks must not evict one another before they are read.
+            prefetch_limit: (2 * threads).min(in_cache / 2),
+            state: Mutex::new(State {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+                pending: HashMap::new(),
+                demand: VecDeque::new(),
+                prefetch: VecDeque::new(),
+                bad: HashMap::new(),
+                shutdown: false,
+            }),
+            wake: Condvar::new(),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            joined: AtomicU64::new(0),
+            decoded: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
+        });
+        let mut workers = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let s = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("hbb-mount-{t}"))
+                .spawn(move || s.work());
+            match h {
+                Ok(h) => workers.push(h),
+                Err(e) => {
+                    let c = BlockCache { shared, workers };
+                    drop(c);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(BlockCache { shared, workers })
+    }
+
+    /// How many blocks read-ahead may queue at once (0: read-ahead is off,
+    /// the cache being too small for it).
+    pub fn prefetch_limit(&self) -> usize {
+        self.shared.prefetch_limit
+    }
+
+    /// Calls `done` with the blocks `blocks` (distinct block numbers), in
+    /// that order: at once on this thread when all are cached, otherwise on
+    /// a worker thread once the missing ones are decoded, or with the error
+    /// of the first one found damaged.
+    pub fn get(&self, blocks: &[u64], done: Done) {
+        debug_assert!(
+            blocks
+                .iter()
+                .enumerate()
+                .all(|(i, b)| !blocks[..i].contains(b)),
+            "blocks must be distinct"
+        );
+        let sh = &*self.shared;
+        let mut st = lock(&sh.state);
+        let mut slots = Vec::with_capacity(blocks.len());
+        let mut missing = Vec::new();
+        for (k, &b) in blocks.iter().enumerate() {
+            if let Some(f) = st.bad.get(&b) {
+                let f = f.clone();
+                drop(st);
+                done(Err(f));
+                return;
+            }
+            match st.lru.get(&b) {
+                Some(d) => slots.push(Some(d.clone())),
+                None => {
+                    slots.push(None);
+                    missing.push(k);
+                }
+            }
+        }
+        sh.hits
+            .fetch_add((blocks.len() - missing.len()) as u64, Ordering::Relaxed);
+        if missing.is_empty() {
+            drop(st);
+            done(Ok(slots.into_iter().flatten().collect()));
+            return;
+        }
+        sh.misses.fetch_add(missing.len() as u64, Ordering::Relaxed);
+        let gather = Arc::new(Gather(Mutex::new(GatherState {
+            slots,
+            missing: missing.len(),
+            done: Some(done),
+        })));
+        let mut queued = 0;
+        for k in missing {
+            let b = blocks[k];
+            let st = &mut *st;
+            match st.pending.entry(b) {
+                Entry::Occupied(mut o) => {
+                    let p = o.get_mut();
+                    p.waiters.push((gather.clone(), k));
+                    if p.started {
+                        sh.joined.fetch_add(1, Ordering::Relaxed);
+                    } else if !p.in_demand {
+                        // Queued by read-ahead only: a reader waits now.
+                        p.in_demand = true;
+                        st.demand.push_back(b);
+                        queued += 1;
+                    }
+                }
+                Entry::Vacant(v) => {
+                    v.insert(Pending {
+                        waiters: vec![(gather.clone(), k)],
+                        started: false,
+                        in_demand: true,
+                    });
+                    st.demand.push_back(b);
+                    queued += 1;
+                }
+            }
+        }
+        drop(st);
+        for _ in 0..queued {
+            sh.wake.notify_one();
+        }
+    }
+
+    /// Queues `blocks` for decoding ahead of need, skipping those cached,
+    /// under way or damaged, up to the read-ahead limit.
+    pub fn prefetch(&self, blocks: &[u64]) {
+        let sh = &*self.shared;
+        if sh.prefetch_limit == 0 || blocks.is_empty() {
+            return;
+        }
+        let mut st = lock(&sh.state);
+        let mut queued = 0;
+        for &b in blocks {
+            if st.prefetch.len() >= sh.prefetch_limit {
+                break;
+            }
+            if st.lru.contains(&b) || st.pending.contains_key(&b) || st.bad.contains_key(&b) {
+                continue;
+            }
+            st.pending.insert(b, Pending::default());
+            st.prefetch.push_back(b);
+            queued += 1;
+        }
+        drop(st);
+        sh.prefetched.fetch_add(queued as u64, Ordering::Relaxed);
+        for _ in 0..queued {
+            sh.wake.notify_one();
+        }
+    }
+
+    pub fn stats(&self) -> Stats {
+        let sh = &*self.shared;
+        let st = lock(&sh.state);
+        Stats {
+            hits: sh.hits.load(Ordering::Relaxed),
+            misses: sh.misses.load(Ordering::Relaxed),
+            joined: sh.joined.load(Ordering::Relaxed),
+            decoded: sh.decoded.load(Ordering::Relaxed),
+            prefetched: sh.prefetched.load(Ordering::Relaxed),
+            cached_blocks: st.lru.len() as u64,
+            cached_bytes: st.bytes,
+        }
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.wake.notify_all();
+        let me = std::thread::current().id();
+        for h in self.workers.drain(..) {
+            // The last owner may be a worker finishing a reply: it cannot
+            // join itself, and it stops on its own at the shutdown flag.
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+        // Readers still waiting are dropped with their replies, which
+        // answer EIO on drop.
+    }
+}
+
+impl Shared {
+    fn work(&self) {
+        let mut dec = new_decompressor();
+        loop {
+            let b = {
+                let mut st = lock(&self.state);
+                loop {
+                    if st.shutdown {
+                        return;
+                    }
+                    if let Some(b) = st.next_job() {
+                        break b;
+                    }
+                    st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut buf = Vec::new();
+            let r = self.archive.read_block_into(b, &mut dec, &mut buf);
+            self.decoded.fetch_add(1, Ordering::Relaxed);
+            let (waiters, result) = {
+                let mut st = lock(&self.state);
+                let waiters = st.pending.remove(&b).map(|p| p.waiters);
+                let result = match r {
+                    Ok(()) => {
+                        let d = Arc::new(buf);
+                        st.insert(b, d.clone(), self.capacity);
+                        Ok(d)
+                    }
+                    Err(e) => {
+                        let f = Arc::new(e);
+                        st.bad.insert(b, f.clone());
+                        Err(f)
+                    }
+                };
+                (waiters.unwrap_or_default(), result)
+            };
+            for (g, k) in waiters {
+                g.fill(k, result.clone());
+            }
+        }
+    }
+}
+
+impl State {
+    /// The next block to decode: readers' first, then read-ahead's.
+    fn next_job(&mut self) -> Option<u64> {
+        while let Some(b) = self
+            .demand
+            .pop_front()
+            .or_else(|| self.prefetch.pop_front())
+        {
+            if let Some(p) = self.pending.get_mut(&b)
+                && !p.started
+            {
+                p.started = true;
+                return Some(b);
+            }
+            // Already taken through the other queue.
+        }
+        None
+    }
+
+    fn insert(&mut self, b: u64, d: Data, capacity: u64) {
+        let cost = |d: &Data| d.capacity() as u64;
+        self.bytes += cost(&d);
+        if let Some(old) = self.lru.put(b, d) {
+            self.bytes -= cost(&old);
+        }
+        while self.bytes > capacity {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= cost(&old),
+                None => break,
+            }
+        }
+    }
+}
+
+impl Gather {
+    fn fill(&self, k: usize, r: Result<Data, Failure>) {
+        let mut g = lock(&self.0);
+        if g.done.is_none() {
+            return; // already failed on another block
+        }
+        let outcome = match r {
+            Err(f) => Some(Err(f)),
+            Ok(d) => {
+                if let Some(slot) = g.slots.get_mut(k)
+                    && slot.is_none()
+                {
+                    *slot = Some(d);
+                    g.missing -= 1;
+                }
+                (g.missing == 0)
+                    .then(|| Ok(std::mem::take(&mut g.slots).into_iter().flatten().collect()))
+            }
+        };
+        if let Some(outcome) = outcome {
+            let done = g.done.take();
+            drop(g);
+            if let Some(done) = done {
+                done(outcome);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::sync::mpsc;
+
+    /// An archive of one file of `blocks` 64 KiB blocks of distinct bytes.
+    fn archive(name: &str, blocks: usize) -> (tempdir::Dir, Arc<Archive>) {
+        let dir = tempdir::Dir::new(name);
+        let src = dir.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        let data: Vec<u8> = (0..blocks * 65536)
+            .map(|i| (i / 65536 * 7 + i % 251) as u8)
+            .collect();
+        std::fs::write(src.join("f"), &data).unwrap();
+        let out = dir.path().join("a.hbb");
+        let opts = crate::snapshot::Options {
+            source: src,
+            archive: out.clone(),
+            mode: crate::snapshot::ModeChoice::File,
+            threads: 2,
+            block_size: 65536,
+            level: 1,
+            volume_threshold: 100_000,
+            excludes: vec![],
+            one_file_system: false,
+            allow_mounted_rw: false,
+            quiet: true,
+        };
+        crate::snapshot::snapshot(&opts).unwrap();
+        let a = Arc::new(Archive::open(&out).unwrap());
+        (dir, a)
+    }
+
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new(name: &str) -> Dir {
+                let p = std::env::temp_dir().join(format!(
+                    "hbb-cache-{name}-{}-{:?}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_nanos()
+                ));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    fn get_sync(c: &BlockCache, blocks: &[u64]) -> Result<Vec<Data>, Failure> {
+        let (tx, rx) = mpsc::channel();
+        c.get(
+            blocks,
+            Box::new(move |r| {
+                tx.send(r).unwrap();
+            }),
+        );
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn concurrent_misses_decode_once() {
+        let (_d, a) = archive("once", 4);
+        let c = Arc::new(BlockCache::new(a.clone(), 1 << 30, 4).unwrap());
+        let n = 16;
+        let barrier = Arc::new(Barrier::new(n));
+        let hs: Vec<_> = (0..n)
+            .map(|_| {
+                let (c, barrier) = (c.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    get_sync(&c, &[2]).unwrap()
+                })
+            })
+            .collect();
+        let mut dec = new_decompressor();
+        let want = a.read_block(2, &mut dec).unwrap();
+        for h in hs {
+            assert_eq!(*h.join().unwrap()[0], want);
+        }
+        let s = c.stats();
+        assert_eq!(s.decoded, 1, "{s:?}");
+        assert_eq!(s.hits + s.misses, n as u64);
+    }
+
+    #[test]
+    fn bounded_in_bytes_and_in_order() {
+        let (_d, a) = archive("bound", 8);
+        // Room for two blocks of 64 KiB.
+        let c = BlockCache::new(a.clone(), 2 * 65536, 2).unwrap();
+        let mut dec = new_decompressor();
+        for round in 0..2 {
+            let got = get_sync(&c, &[5, 1, 3]).unwrap();
+            for (d, b) in got.iter().zip([5, 1, 3]) {
+                assert_eq!(
+                    **d,
+                    a.read_block(b, &mut dec).unwrap(),
+                    "round {round} block {b}"
+                );
+            }
+            let s = c.stats();
+            assert!(s.cached_bytes <= 2 * 65536, "{s:?}");
+            assert!(s.cached_blocks <= 2);
+        }
+        // The second round found two of them still cached at most.
+        assert_eq!(c.stats().decoded, 4, "{:?}", c.stats());
+    }
+
+    #[test]
+    fn prefetch_then_hit() {
+        let (_d, a) = archive("prefetch", 6);
+        let c = BlockCache::new(a, 1 << 30, 2).unwrap();
+        assert!(c.prefetch_limit() > 0);
+        c.prefetch(&[0, 1, 2]);
+        let t0 = std::time::Instant::now();
+        while c.stats().cached_blocks < 3 {
+            assert!(t0.elapsed().as_secs() < 10, "prefetch did not finish");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        get_sync(&c, &[0, 1, 2]).unwrap();
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.decoded, s.prefetched), (3, 0, 3, 3));
+    }
+
+    #[test]
+    fn damaged_block_fails_every_time_with_its_number() {
+        let (d, a) = archive("bad", 3);
+        // Flip a byte in block 1's frame and reopen.
+        let off = a.block_offset(1) + 5;
+        let path = d.path().join("a.hbb");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[off as usize] ^= 0x55;
+        std::fs::write(&path, bytes).unwrap();
+        let a = Arc::new(Archive::open(&path).unwrap());
+        let c = BlockCache::new(a, 1 << 30, 2).unwrap();
+        for _ in 0..2 {
+            let e = get_sync(&c, &[0, 1]).unwrap_err();
+            assert!(
+                matches!(*e, Error::Block { block: 1, .. }),
+                "unexpected error {e}"
+            );
+        }
+        assert!(get_sync(&c, &[0, 2]).is_ok());
+        assert_eq!(c.stats().decoded, 3);
+    }
+}

@@ -1,0 +1,909 @@
+//! The FUSE filesystem: the archive's index answered as a read-only tree.
+//!
+//! ```text
+//! lookup / getattr / readdir(plus) / readlink / xattrs / statfs ─► the index, in memory
+//! read ─► plan (which bytes of which blocks, which holes) ─► cache.get ─► reply
+//!      └► sequential? ─► cache.prefetch(the file's next blocks)
+//! ```
+//!
+//! Thin by design: the helpers return `Result<_, Errno>` and the
+//! `Filesystem` methods only reply. Inode numbers are the archive's
+//! (index + 1, the root being 1), so hard links share one. Nothing changes
+//! while mounted, so the kernel is told to cache entries, attributes, pages
+//! and directory listings for long. A damaged block is an EIO for the reads
+//! touching it and one log line naming the file and the block, never an
+//! ENOENT; every number taken from the index is checked, never unwrapped.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::num::NonZeroUsize;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+use lru::LruCache;
+
+use super::cache::{BlockCache, Data};
+use crate::archive::{Archive, Block, BlockLoc, Body, Extent, Inode, MAX_NAME_LEN, Time};
+
+/// How long the kernel may trust what we tell it: the archive is immutable.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// `st_blksize`: the preferred I/O size, which `cp` and friends read by.
+const IO_SIZE: u32 = 1 << 20;
+/// Reads this close to where the previous one ended count as sequential
+/// (the kernel's asynchronous reads may arrive slightly out of order).
+const SEQ_WINDOW: u64 = 1 << 20;
+/// Files whose read position is remembered for read-ahead.
+const SEQ_FILES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+
+pub struct HbbFs {
+    archive: Arc<Archive>,
+    cache: BlockCache,
+    /// Parent and number of subdirectories of every directory.
+    dirs: HashMap<u32, DirInfo>,
+    /// Data bytes of all files, rounded up to 4 KiB pieces, for statfs.
+    data_bytes: u64,
+    /// Read-ahead window in bytes (0: off).
+    readahead: u64,
+    /// Where the recent readers of each file have got to, by inode.
+    seq: Mutex<LruCache<u32, Seq>>,
+    /// The kernel opens files and directories without asking (it then
+    /// keeps their pages and listings cached, as `open` would tell it to).
+    zero_open: bool,
+    zero_opendir: bool,
+    reporter: Arc<Reporter>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct DirInfo {
+    parent: u32,
+    subdirs: u32,
+}
+
+/// Where the reads of one file have got to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seq {
+    /// End of the furthest recent read.
+    end: u64,
+    /// Read-ahead has been requested up to here.
+    ahead: u64,
+}
+
+impl HbbFs {
+    /// Indexes the directories and starts the cache's `threads` workers.
+    pub fn new(archive: Arc<Archive>, cache_bytes: u64, threads: usize) -> std::io::Result<Self> {
+        let mut dirs: HashMap<u32, DirInfo> = HashMap::new();
+        let mut data_bytes = 0u64;
+        for (i, ino) in archive.index.inodes.iter().enumerate() {
+            match &ino.body {
+                Body::Dir { .. } => {
+                    let i = i as u32;
+                    let mut subdirs = 0u32;
+                    for d in archive.children(i) {
+                        if archive
+                            .index
+                            .inodes
+                            .get(d.inode as usize)
+                            .is_some_and(|c| matches!(c.body, Body::Dir { .. }))
+                        {
+                            subdirs = subdirs.saturating_add(1);
+                            dirs.entry(d.inode).or_default().parent = i;
+                        }
+                    }
+                    dirs.entry(i).or_default().subdirs = subdirs;
+                }
+                Body::File { extents, .. } => {
+                    data_bytes = data_bytes.saturating_add(allocated(extents));
+                }
+                _ => {}
+            }
+        }
+        let cache = BlockCache::new(archive.clone(), cache_bytes, threads)?;
+        let readahead = cache.prefetch_limit() as u64 * archive.block_size();
+        Ok(HbbFs {
+            reporter: Arc::new(Reporter {
+                archive: archive.clone(),
+                seen: Mutex::new(HashSet::new()),
+            }),
+            archive,
+            cache,
+            dirs,
+            data_bytes,
+            readahead,
+            seq: Mutex::new(LruCache::new(SEQ_FILES)),
+            zero_open: false,
+            zero_opendir: false,
+        })
+    }
+
+    /// The archive's index of a FUSE inode number.
+    fn idx(&self, ino: INodeNo) -> Result<u32, Errno> {
+        ino.0
+            .checked_sub(1)
+            .filter(|&i| i < self.archive.index.inodes.len() as u64)
+            .map(|i| i as u32)
+            .ok_or(Errno::ESTALE)
+    }
+
+    fn inode(&self, idx: u32) -> Result<&Inode, Errno> {
+        self.archive
+            .index
+            .inodes
+            .get(idx as usize)
+            .ok_or(Errno::ESTALE)
+    }
+
+    fn attr(&self, idx: u32) -> Result<FileAttr, Errno> {
+        let ino = self.inode(idx)?;
+        let (kind, size, blocks, rdev) = match &ino.body {
+            Body::Dir { .. } => (FileType::Directory, 4096, 8, 0),
+            Body::File { size, extents } => {
+                (FileType::RegularFile, *size, allocated(extents) / 512, 0)
+            }
+            Body::Symlink { target } => (FileType::Symlink, target.len() as u64, 0, 0),
+            Body::BlockDev { rdev } => (FileType::BlockDevice, 0, 0, fuse_rdev(*rdev)),
+            Body::CharDev { rdev } => (FileType::CharDevice, 0, 0, fuse_rdev(*rdev)),
+            Body::Fifo => (FileType::NamedPipe, 0, 0, 0),
+            Body::Socket => (FileType::Socket, 0, 0, 0),
+        };
+        let nlink = match self.dirs.get(&idx) {
+            Some(d) => d.subdirs.saturating_add(2),
+            None => ino.nlink.max(1),
+        };
+        Ok(FileAttr {
+            ino: INodeNo(u64::from(idx) + 1),
+            size,
+            blocks,
+            atime: system_time(ino.atime),
+            mtime: system_time(ino.mtime),
+            ctime: system_time(ino.ctime),
+            crtime: system_time(ino.mtime),
+            kind,
+            perm: (ino.perm & 0o7777) as u16,
+            nlink,
+            uid: ino.uid,
+            gid: ino.gid,
+            rdev,
+            blksize: IO_SIZE,
+            flags: 0,
+        })
+    }
+
+    fn dir(&self, ino: INodeNo) -> Result<u32, Errno> {
+        let idx = self.idx(ino)?;
+        match self.inode(idx)?.body {
+            Body::Dir { .. } => Ok(idx),
+            _ => Err(Errno::ENOTDIR),
+        }
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
+        let dir = self.dir(parent)?;
+        if name.len() > MAX_NAME_LEN {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let child = self
+            .archive
+            .lookup(dir, name.as_bytes())
+            .ok_or(Errno::ENOENT)?;
+        self.attr(child)
+    }
+
+    /// The entries of a directory from position `offset` on: ".", "..",
+    /// then the children; an entry's offset is its position + 1.
+    fn entries(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, u32, &[u8])>, Errno> {
+        let dir = self.dir(ino)?;
+        let parent = self.dirs.get(&dir).map_or(0, |d| d.parent);
+        let dots = [(dir, &b"."[..]), (parent, &b".."[..])];
+        let children = self.archive.children(dir);
+        // Straight to the offset: a huge directory is listed in many calls.
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let rest = children.get(from.saturating_sub(2)..).unwrap_or(&[]);
+        let dots = dots.into_iter().enumerate().skip(from);
+        let rest = rest
+            .iter()
+            .enumerate()
+            .map(move |(k, d)| (k + from.max(2), (d.inode, d.name.as_slice())));
+        Ok(dots
+            .chain(rest)
+            .map(|(k, (idx, name))| (k as u64 + 1, idx, name)))
+    }
+
+    fn file(&self, ino: INodeNo) -> Result<(u32, u64, &[Extent]), Errno> {
+        let idx = self.idx(ino)?;
+        match &self.inode(idx)?.body {
+            Body::File { size, extents } => Ok((idx, *size, extents)),
+            Body::Dir { .. } => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> Result<(), Errno> {
+        self.file(ino)?;
+        if flags.acc_mode() != OpenAccMode::O_RDONLY {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
+    }
+
+    /// Notes a read of `[offset, offset+len)` of file `idx`; when it
+    /// continues the previous ones, returns the range to read ahead.
+    fn sequential(&self, idx: u32, offset: u64, len: u64, size: u64) -> Option<(u64, u64)> {
+        let end = offset.saturating_add(len);
+        if self.readahead == 0 || end >= size {
+            return None; // nothing after this read
+        }
+        let mut seqs = lock(&self.seq);
+        let seq = seqs.get_or_insert_mut(idx, Seq::default);
+        if offset.abs_diff(seq.end) > SEQ_WINDOW {
+            // A jump: start over from here, no read-ahead yet.
+            *seq = Seq { end, ahead: end };
+            return None;
+        }
+        seq.end = seq.end.max(end);
+        // Top the window up once half of it has been consumed.
+        if seq.ahead >= size || seq.ahead > seq.end.saturating_add(self.readahead / 2) {
+            return None;
+        }
+        let from = seq.ahead.max(seq.end);
+        let to = seq.end.saturating_add(self.readahead).min(size);
+        seq.ahead = to;
+        (from < to).then_some((from, to - from))
+    }
+
+    fn do_read(&self, ino: INodeNo, offset: u64, size: u32, reply: ReplyData) {
+        let (idx, fsize, extents) = match self.file(ino) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let bs = self.archive.block_size();
+        let blocks = &self.archive.index.blocks;
+        let plan = match plan_read(bs, blocks, fsize, extents, offset, u64::from(size)) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reporter.inconsistent(idx, &e);
+                return reply.error(Errno::EIO);
+            }
+        };
+        if let Some((from, len)) = self.sequential(idx, offset, plan.len as u64, fsize)
+            && let Ok(ahead) = plan_read(bs, blocks, fsize, extents, from, len)
+        {
+            self.cache.prefetch(&ahead.blocks);
+        }
+        if plan.blocks.is_empty() {
+            return reply.data(&vec![0u8; plan.len]);
+        }
+        let reporter = self.reporter.clone();
+        let wanted = plan.blocks.clone();
+        self.cache.get(
+            &wanted,
+            Box::new(move |r| match r {
+                Ok(data) => match plan.single(&data) {
+                    Some(slice) => reply.data(slice),
+                    None => match plan.assemble(&data) {
+                        Some(buf) => reply.data(&buf),
+                        None => {
+                            reporter.inconsistent(idx, "a block is shorter than its index says");
+                            reply.error(Errno::EIO)
+                        }
+                    },
+                },
+                Err(e) => {
+                    reporter.damaged(idx, &e);
+                    reply.error(Errno::EIO)
+                }
+            }),
+        );
+    }
+
+    fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match u32::try_from(data.len()) {
+                Ok(n) => reply.size(n),
+                Err(_) => reply.error(Errno::E2BIG),
+            }
+        } else if data.len() > size as usize {
+            reply.error(Errno::ERANGE)
+        } else {
+            reply.data(data)
+        }
+    }
+
+    /// SEEK_DATA / SEEK_HOLE over the file's extents, so that `cp` keeps
+    /// holes holes.
+    fn do_lseek(&self, ino: INodeNo, offset: i64, whence: i32) -> Result<i64, Errno> {
+        let (_, size, extents) = self.file(ino)?;
+        let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+        if off >= size {
+            return Err(Errno::ENXIO);
+        }
+        let found = match whence {
+            libc::SEEK_DATA => data_at(extents, off).ok_or(Errno::ENXIO)?,
+            libc::SEEK_HOLE => hole_at(extents, off, size),
+            _ => return Err(Errno::EINVAL),
+        };
+        i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
+    }
+}
+
+impl Filesystem for HbbFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each is optional: ask for what this kernel offers.
+        for f in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_MAX_PAGES,
+        ] {
+            let _ = config.add_capabilities(f);
+        }
+        // Let the kernel keep many reads in flight: misses decode in parallel.
+        let _ = config.set_max_background(64);
+        // No OPEN or RELEASE round trip per file: open answers ENOSYS once,
+        // and from then on the kernel opens files itself, keeping their
+        // page cache (what open would ask for). A third of the requests
+        // when many small files are read.
+        self.zero_open = config
+            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+            .is_ok();
+        self.zero_opendir = config
+            .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            .is_ok();
+        let _ = config.set_congestion_threshold(48);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let s = self.cache.stats();
+        super::log(&format!(
+            "unmounted; cache: {} hits, {} misses ({} joined a decode under way), \
+             {} blocks decoded, {} read ahead",
+            s.hits, s.misses, s.joined, s.decoded, s.prefetched
+        ));
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.do_lookup(parent, name) {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.idx(ino).and_then(|i| self.attr(i)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.idx(ino).and_then(|i| self.inode(i)).map(|i| &i.body) {
+            Ok(Body::Symlink { target }) => reply.data(target),
+            Ok(_) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags) {
+            Ok(()) if self.zero_open => reply.error(Errno::ENOSYS),
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.do_read(ino, offset, size, reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.dir(ino) {
+            Ok(_) if self.zero_opendir => reply.error(Errno::ENOSYS),
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.entries(ino, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (next, idx, name) in entries {
+            let kind = match self.attr(idx) {
+                Ok(a) => a.kind,
+                Err(e) => return reply.error(e),
+            };
+            if reply.add(
+                INodeNo(u64::from(idx) + 1),
+                next,
+                kind,
+                OsStr::from_bytes(name),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.entries(ino, offset) {
+            Ok(e) => e,
+            Err(e) => return reply.error(e),
+        };
+        for (next, idx, name) in entries {
+            let attr = match self.attr(idx) {
+                Ok(a) => a,
+                Err(e) => return reply.error(e),
+            };
+            if reply.add(
+                attr.ino,
+                next,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.archive.index.inodes.len() as u64;
+        reply.statfs(
+            self.data_bytes.div_ceil(4096),
+            0,
+            0,
+            files,
+            0,
+            4096,
+            MAX_NAME_LEN as u32,
+            4096,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let inode = match self.idx(ino).and_then(|i| self.inode(i)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        match inode.xattrs.iter().find(|x| x.name == name.as_bytes()) {
+            Some(x) => Self::xattr_reply(&x.value, size, reply),
+            None => reply.error(Errno::NO_XATTR),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let inode = match self.idx(ino).and_then(|i| self.inode(i)) {
+            Ok(i) => i,
+            Err(e) => return reply.error(e),
+        };
+        let mut names = Vec::new();
+        for x in &inode.xattrs {
+            names.extend_from_slice(&x.name);
+            names.push(0);
+        }
+        Self::xattr_reply(&names, size, reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.do_lseek(ino, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// Says once per file and block what went wrong, naming both.
+struct Reporter {
+    archive: Arc<Archive>,
+    seen: Mutex<HashSet<(u32, u64)>>,
+}
+
+impl Reporter {
+    fn damaged(&self, idx: u32, e: &crate::Error) {
+        let block = match e {
+            crate::Error::Block { block, .. } => *block,
+            _ => u64::MAX,
+        };
+        if lock(&self.seen).insert((idx, block)) {
+            super::log(&format!("read error (EIO) in {}: {e}", self.describe(idx)));
+        }
+    }
+
+    fn inconsistent(&self, idx: u32, what: &str) {
+        if lock(&self.seen).insert((idx, u64::MAX - 1)) {
+            super::log(&format!(
+                "read error (EIO) in {}: {}: inconsistent index: {what}",
+                self.describe(idx),
+                self.archive.path.display()
+            ));
+        }
+    }
+
+    /// "/path/in/archive (inode N)", found by walking up the dirents: slow,
+    /// but only done once per damaged file.
+    fn describe(&self, idx: u32) -> String {
+        let index = &self.archive.index;
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut cur = idx;
+        while cur != 0 && parts.len() <= index.inodes.len() {
+            let Some(slot) = index.dirents.iter().position(|d| d.inode == cur) else {
+                break;
+            };
+            parts.push(&index.dirents[slot].name);
+            let owner = index.inodes.iter().position(|i| match i.body {
+                Body::Dir { first, count } => {
+                    (first as usize..first as usize + count as usize).contains(&slot)
+                }
+                _ => false,
+            });
+            match owner {
+                Some(o) => cur = o as u32,
+                None => break,
+            }
+        }
+        let mut path = Vec::new();
+        for p in parts.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(p);
+        }
+        if path.is_empty() {
+            path.push(b'/');
+        }
+        format!("{} (inode {})", String::from_utf8_lossy(&path), idx + 1)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes of a file's data, each extent rounded up to 4 KiB as a filesystem
+/// would allocate it: `du` over the mount then matches the source.
+fn allocated(extents: &[Extent]) -> u64 {
+    extents.iter().fold(0u64, |n, e| {
+        n.saturating_add(e.len.div_ceil(4096).saturating_mul(4096))
+    })
+}
+
+fn system_time(t: Time) -> SystemTime {
+    let nsec = t.nsec.min(999_999_999);
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, nsec)
+    } else {
+        UNIX_EPOCH
+            .checked_sub(Duration::from_secs(t.sec.unsigned_abs()))
+            .and_then(|s| s.checked_add(Duration::from_nanos(u64::from(nsec))))
+            .unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// A device number as FUSE carries it (the kernel's 32-bit "new" encoding:
+/// 12 bits of major, 20 of minor), from glibc's 64-bit `dev_t`.
+fn fuse_rdev(rdev: u64) -> u32 {
+    let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+    let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+    if major > 0xfff || minor > 0xf_ffff {
+        // Not representable through FUSE; 0 rather than a wrong device.
+        return 0;
+    }
+    ((minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)) as u32
+}
+
+fn data_at(extents: &[Extent], off: u64) -> Option<u64> {
+    let k = extents.partition_point(|e| e.offset.saturating_add(e.len) <= off);
+    extents.get(k).map(|e| e.offset.max(off))
+}
+
+fn hole_at(extents: &[Extent], off: u64, size: u64) -> u64 {
+    let mut pos = off;
+    let mut k = extents.partition_point(|e| e.offset.saturating_add(e.len) <= pos);
+    while let Some(e) = extents.get(k) {
+        if e.offset > pos {
+            break;
+        }
+        pos = e.offset.saturating_add(e.len);
+        k += 1;
+    }
+    pos.min(size)
+}
+
+/// One piece of a read's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Piece {
+    /// Zero bytes: a hole, an all-zero block, or past a short block's end.
+    Zero(usize),
+    /// Bytes `at..at+len` of the plan's `slot`-th block.
+    Data { slot: usize, at: usize, len: usize },
+}
+
+/// Which bytes of which blocks make up a read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Distinct blocks to fetch, in first-use order.
+    pub blocks: Vec<u64>,
+    pub pieces: Vec<Piece>,
+    /// Length of the reply: the request, cut at the end of the file.
+    pub len: usize,
+}
+
+impl Plan {
+    fn zero(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let n = n as usize;
+        match self.pieces.last_mut() {
+            Some(Piece::Zero(z)) => *z += n,
+            _ => self.pieces.push(Piece::Zero(n)),
+        }
+    }
+
+    fn data(&mut self, block: u64, at: u64, len: u64) {
+        let slot = match self.blocks.iter().rposition(|&b| b == block) {
+            Some(s) => s,
+            None => {
+                self.blocks.push(block);
+                self.blocks.len() - 1
+            }
+        };
+        self.pieces.push(Piece::Data {
+            slot,
+            at: at as usize,
+            len: len as usize,
+        });
+    }
+
+    /// The reply as one slice of one block, when it is exactly that.
+    fn single<'d>(&self, data: &'d [Data]) -> Option<&'d [u8]> {
+        match self.pieces[..] {
+            [Piece::Data { slot, at, len }] => data.get(slot)?.get(at..at.checked_add(len)?),
+            _ => None,
+        }
+    }
+
+    /// The reply assembled from the blocks (None if one is too short).
+    pub(crate) fn assemble(&self, data: &[Data]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(self.len);
+        for p in &self.pieces {
+            match *p {
+                Piece::Zero(n) => out.resize(out.len() + n, 0),
+                Piece::Data { slot, at, len } => {
+                    out.extend_from_slice(data.get(slot)?.get(at..at.checked_add(len)?)?)
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Maps the read of `want` bytes at `offset` of a file (`size` bytes, data
+/// in `extents`) to pieces of blocks. Bytes past a block's stored length,
+/// holes and all-zero blocks read as zeros. Errors name what is inconsistent.
+pub(crate) fn plan_read(
+    bs: u64,
+    blocks: &[Block],
+    size: u64,
+    extents: &[Extent],
+    offset: u64,
+    want: u64,
+) -> Result<Plan, String> {
+    let end = offset.saturating_add(want).min(size);
+    let mut plan = Plan {
+        blocks: Vec::new(),
+        pieces: Vec::new(),
+        len: end.saturating_sub(offset) as usize,
+    };
+    if bs == 0 {
+        return Err("block size 0".into());
+    }
+    let mut pos = offset;
+    let mut k = extents.partition_point(|e| e.offset.saturating_add(e.len) <= pos);
+    while pos < end {
+        match extents.get(k) {
+            Some(e) if e.offset <= pos => {
+                let ext_end = e.offset.saturating_add(e.len).min(end);
+                while pos < ext_end {
+                    let s = e
+                        .stream
+                        .checked_add(pos - e.offset)
+                        .ok_or("extent beyond the stream")?;
+                    let (b, at) = (s / bs, s % bs);
+                    let n = (bs - at).min(ext_end - pos);
+                    let blk = blocks
+                        .get(usize::try_from(b).unwrap_or(usize::MAX))
+                        .ok_or_else(|| format!("block {b} does not exist"))?;
+                    if blk.loc == BlockLoc::Zero {
+                        plan.zero(n);
+                    } else {
+                        let avail = u64::from(blk.len).saturating_sub(at).min(n);
+                        if avail > 0 {
+                            plan.data(b, at, avail);
+                        }
+                        plan.zero(n - avail);
+                    }
+                    pos += n;
+                }
+                k += 1;
+            }
+            Some(e) => {
+                let gap_end = e.offset.min(end);
+                plan.zero(gap_end - pos);
+                pos = gap_end;
+            }
+            None => {
+                plan.zero(end - pos);
+                pos = end;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blk(len: u32) -> Block {
+        Block {
+            len,
+            hash: [0; 32],
+            loc: BlockLoc::Frame {
+                offset: 64,
+                clen: 1,
+            },
+        }
+    }
+
+    fn ext(offset: u64, stream: u64, len: u64) -> Extent {
+        Extent {
+            offset,
+            stream,
+            len,
+        }
+    }
+
+    #[test]
+    fn plan_spans_blocks_holes_and_eof() {
+        // Block size 10; blocks 0,1 full, 2 zero, 3 short (4 bytes).
+        let zero = Block {
+            len: 10,
+            hash: [0; 32],
+            loc: BlockLoc::Zero,
+        };
+        let blocks = [blk(10), blk(10), zero, blk(4)];
+        // File of 60 bytes: [5,20) = stream [3,18); [30,50) = stream [20,40).
+        let extents = [ext(5, 3, 15), ext(30, 20, 20)];
+        let p = plan_read(10, &blocks, 60, &extents, 0, 100).unwrap();
+        assert_eq!(p.len, 60);
+        assert_eq!(p.blocks, vec![0, 1, 3]);
+        assert_eq!(
+            p.pieces,
+            vec![
+                Piece::Zero(5),
+                Piece::Data {
+                    slot: 0,
+                    at: 3,
+                    len: 7
+                },
+                Piece::Data {
+                    slot: 1,
+                    at: 0,
+                    len: 8
+                },
+                Piece::Zero(10 + 10),
+                Piece::Data {
+                    slot: 2,
+                    at: 0,
+                    len: 4
+                },
+                Piece::Zero(6 + 10),
+            ]
+        );
+        let data: Vec<Data> = [10usize, 10, 4]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Arc::new(vec![i as u8 + 1; n]))
+            .collect();
+        let out = p.assemble(&data).unwrap();
+        assert_eq!(out.len(), 60);
+        assert_eq!(&out[..5], &[0; 5]);
+        assert_eq!(&out[5..12], &[1; 7]);
+        assert_eq!(&out[12..20], &[2; 8]);
+        assert_eq!(&out[20..40], &[0; 20]);
+        assert_eq!(&out[40..44], &[3; 4]);
+        assert_eq!(&out[44..], &[0; 16]);
+        // A read inside one block is one slice of it.
+        let p = plan_read(10, &blocks, 60, &extents, 6, 3).unwrap();
+        assert_eq!(p.single(&data[..1]), Some(&[1u8; 3][..]));
+        // Past the end: nothing.
+        let p = plan_read(10, &blocks, 60, &extents, 60, 10).unwrap();
+        assert_eq!((p.len, p.pieces.len()), (0, 0));
+        // Two extents in one block share its slot.
+        let extents = [ext(0, 0, 3), ext(10, 3, 3)];
+        let p = plan_read(10, &blocks, 13, &extents, 0, 13).unwrap();
+        assert_eq!(p.blocks, vec![0]);
+        assert!(plan_read(10, &blocks, 100, &[ext(0, 50, 10)], 0, 10).is_err());
+    }
+
+    #[test]
+    fn seek_data_and_holes() {
+        let extents = [ext(10, 0, 10), ext(20, 10, 5), ext(40, 15, 5)];
+        assert_eq!(data_at(&extents, 0), Some(10));
+        assert_eq!(data_at(&extents, 12), Some(12));
+        assert_eq!(data_at(&extents, 25), Some(40));
+        assert_eq!(data_at(&extents, 45), None);
+        assert_eq!(hole_at(&extents, 0, 50), 0);
+        assert_eq!(hole_at(&extents, 12, 50), 25);
+        assert_eq!(hole_at(&extents, 41, 50), 45);
+        assert_eq!(hole_at(&extents, 41, 44), 44);
+    }
+
+    #[test]
+    fn device_numbers() {
+        // glibc makedev(8, 1) and makedev(259, 0x12345).
+        assert_eq!(fuse_rdev(0x801), 0x801);
+        let glibc = |ma: u64, mi: u64| {
+            ((ma & 0xfff) << 8) | ((ma & !0xfff) << 32) | (mi & 0xff) | ((mi & !0xff) << 12)
+        };
+        let fuse = fuse_rdev(glibc(259, 0x12345));
+        assert_eq!((fuse >> 8) & 0xfff, 259);
+        assert_eq!((fuse & 0xff) | ((fuse >> 12) & !0xff), 0x12345);
+        assert_eq!(fuse_rdev(glibc(5000, 1)), 0);
+    }
+
+    #[test]
+    fn times_before_1970() {
+        let t = system_time(Time { sec: -2, nsec: 500 });
+        let d = UNIX_EPOCH.duration_since(t).unwrap();
+        assert_eq!(d, Duration::new(1, 999_999_500));
+    }
+}

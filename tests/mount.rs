@@ -1,0 +1,675 @@
+//! `hbb mount` over real FUSE: file-mode trees compared with their source
+//! (stat and xattrs, `diff -r`, `rsync -c`, `cp -a`), a volume archive of an
+//! ext4 image loop-mounted from the mount, many readers at once, a damaged
+//! block, the error messages, signals and `hbb umount`.
+//!
+//! Needs root, /dev/fuse, and the tools of the Debian packages fuse3, rsync,
+//! e2fsprogs (plus util-linux, coreutils, diffutils). Every mount is undone
+//! in Drop (`fusermount3 -u -z`, then `umount -l`), also when a test fails.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hbb::archive::{Archive, BlockLoc, Body};
+
+// ---------------------------------------------------------------------------
+// Harness
+
+/// A FUSE mount made by `hbb mount`, undone on drop whatever happened.
+struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mounts in the background; returns once `hbb mount` has exited 0.
+    #[track_caller]
+    fn new(archive: &Path, mp: &Path, extra: &[&str]) -> Mounted {
+        fs::create_dir_all(mp).unwrap();
+        let mut args = vec!["mount", archive.to_str().unwrap(), mp.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = hbb(&args);
+        let m = Mounted(mp.to_path_buf());
+        assert_ok(&o);
+        assert!(is_mounted(mp), "hbb mount returned but nothing is mounted");
+        m
+    }
+
+    /// A guard for a mount made some other way (foreground, or expected to fail).
+    fn guard(mp: &Path) -> Mounted {
+        Mounted(mp.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !is_mounted(&self.0) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 3 < s.len() {
+            let d = &s[i + 1..i + 4];
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The topmost mount at `p`, if any: its mountinfo line.
+fn mount_line(p: &Path) -> Option<String> {
+    let p = match p.canonicalize() {
+        Ok(c) => c,
+        // A dead FUSE mount cannot be resolved: compare as given.
+        Err(_) => std::path::absolute(p).unwrap(),
+    };
+    let text = fs::read("/proc/self/mountinfo").unwrap();
+    let mut found = None;
+    for line in text.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() > 4 && unescape(f[4]) == p.as_os_str().as_bytes() {
+            found = Some(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+    found
+}
+
+/// The filesystem type of the topmost mount at `p`.
+fn mount_type(p: &Path) -> Option<String> {
+    let line = mount_line(p)?;
+    let after = line.split(" - ").nth(1)?;
+    after.split(' ').next().map(str::to_string)
+}
+
+fn is_mounted(p: &Path) -> bool {
+    mount_line(p).is_some()
+}
+
+#[track_caller]
+fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Pids of `hbb mount` processes serving `mp`.
+fn daemons(mp: &Path) -> Vec<i32> {
+    let want = mp.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"hbb"))
+            && args.get(1) == Some(&&b"mount"[..])
+            && args.contains(&want)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn snapshot(src: &Path, arc: &Path, extra: &[&str]) {
+    let mut args = vec!["snapshot", "-q", "--block-size", "64K"];
+    args.extend_from_slice(extra);
+    args.push(src.to_str().unwrap());
+    args.push(arc.to_str().unwrap());
+    assert_ok(&hbb(&args));
+}
+
+fn require_root() {
+    assert!(
+        hbb::sys::is_root(),
+        "the mount tests need root (mknod, chown, loop devices)"
+    );
+}
+
+/// `hbb mount -f` as a child whose stderr goes to `log`.
+fn spawn_foreground(arc: &Path, mp: &Path, log: &Path, extra: &[&str]) -> Child {
+    fs::create_dir_all(mp).unwrap();
+    Command::new(bin())
+        .args(["mount", "-f"])
+        .arg(arc)
+        .arg(mp)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: sends a signal to a process of ours.
+    unsafe { libc::kill(pid, sig) };
+}
+
+/// Every kind of entry, plus what stresses a FUSE layer: files spanning many
+/// blocks, holes inside blocks, a directory too big for one readdir reply,
+/// a time before 1970, a device number of more than 8 bits of minor.
+fn make_tree(root: &Path) {
+    make_every_kind(root);
+    write_pattern(&root.join("big.bin"), 2_500_000, 7);
+    fs::create_dir(root.join("many")).unwrap();
+    for i in 0..400 {
+        fs::write(
+            root.join(format!("many/entry-with-a-longish-name-{i:04}")),
+            i.to_string(),
+        )
+        .unwrap();
+    }
+    // Small data pieces far apart, and one block holding two of them.
+    let f = fs::File::create(root.join("holes")).unwrap();
+    f.set_len(5_000_000).unwrap();
+    for off in [0u64, 8192, 1_000_000, 1_004_096, 4_999_000] {
+        f.write_all_at(&pattern(1000, off), off).unwrap();
+    }
+    drop(f);
+    fs::hard_link(root.join("big.bin"), root.join("many/big-link")).unwrap();
+    fs::hard_link(root.join("big.bin"), root.join("dir/big-link2")).unwrap();
+    std::os::unix::fs::symlink("dir/sub", root.join("link-to-dir")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("wide-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        0o600.into(),
+        rustix::fs::makedev(200, 70_000),
+    )
+    .unwrap();
+    let old = root.join("before-1970");
+    fs::write(&old, b"old\n").unwrap();
+    let ts = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: -86_400,
+            tv_nsec: 5,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: -1000,
+            tv_nsec: 123_456_789,
+        },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, &old, &ts, rustix::fs::AtFlags::empty()).unwrap();
+    rustix::fs::chown(
+        root.join("many"),
+        Some(rustix::fs::Uid::from_raw(4_000_000)),
+        Some(rustix::fs::Gid::from_raw(7)),
+    )
+    .unwrap();
+    let c = std::ffi::CString::new("user.big").unwrap();
+    rustix::fs::lsetxattr(
+        root.join("big.bin"),
+        c.as_c_str(),
+        &pattern(3000, 9),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// Directory link counts and hard-link identity, both ways.
+#[track_caller]
+fn compare_links(src: &Path, mnt: &Path) {
+    let mut src_to_mnt: HashMap<u64, u64> = HashMap::new();
+    let mut mnt_to_src: HashMap<u64, u64> = HashMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let (a, b) = (src.join(&rel), mnt.join(&rel));
+        let (ma, mb) = (
+            fs::symlink_metadata(&a).unwrap(),
+            fs::symlink_metadata(&b).unwrap(),
+        );
+        assert_eq!(ma.nlink(), mb.nlink(), "{}: nlink", rel.display());
+        assert_eq!(*src_to_mnt.entry(ma.ino()).or_insert(mb.ino()), mb.ino());
+        assert_eq!(*mnt_to_src.entry(mb.ino()).or_insert(ma.ino()), ma.ino());
+        if ma.is_dir() {
+            for e in fs::read_dir(&a).unwrap() {
+                stack.push(rel.join(e.unwrap().file_name()));
+            }
+        }
+    }
+    assert_eq!(fs::metadata(mnt).unwrap().ino(), 1, "the root is inode 1");
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+#[test]
+fn file_archive_mounts_as_its_tree() {
+    require_root();
+    let t = Tmp::new("mount-tree");
+    let (src, arc, mp) = (t.path("src"), t.path("a.hbb"), t.path("mnt"));
+    make_tree(&src);
+    snapshot(&src, &arc, &["--mode", "file"]);
+    let _m = Mounted::new(&arc, &mp, &[]);
+    // Metadata first: reading the source later may move its atimes.
+    compare_trees(&src, &mp);
+    compare_links(&src, &mp);
+    assert_eq!(mount_type(&mp).as_deref(), Some("fuse"));
+    diff_r(&src, &mp);
+    let o = run(
+        "rsync",
+        &[
+            "-aHX".as_ref(),
+            "-c".as_ref(),
+            "-n".as_ref(),
+            "--numeric-ids".as_ref(),
+            "--itemize-changes".as_ref(),
+            format!("{}/", mp.display()).as_ref(),
+            format!("{}/", src.display()).as_ref(),
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "",
+        "rsync from the mount to the source has something to do"
+    );
+    // Holes are holes to SEEK_DATA/SEEK_HOLE too.
+    let f = fs::File::open(mp.join("holes")).unwrap();
+    let seek = |off: i64, whence: i32| {
+        use std::os::fd::AsRawFd;
+        // SAFETY: lseek on an open descriptor.
+        unsafe { libc::lseek(f.as_raw_fd(), off, whence) }
+    };
+    assert_eq!(seek(0, libc::SEEK_HOLE), 4096);
+    assert_eq!(seek(20_000, libc::SEEK_DATA), 1_000_000 / 4096 * 4096);
+    // statfs: read-only, counts the entries.
+    let st = rustix::fs::statvfs(&mp).unwrap();
+    assert!(st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY));
+    assert!(st.f_files > 400);
+    // Writing is refused.
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .open(mp.join("plain.txt"))
+        .unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(mp.join("new")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
+}
+
+#[test]
+fn cp_restores_a_file_and_the_whole_tree() {
+    require_root();
+    let t = Tmp::new("mount-cp");
+    let (src, arc, mp, out) = (t.path("src"), t.path("a.hbb"), t.path("mnt"), t.path("out"));
+    make_tree(&src);
+    snapshot(&src, &arc, &[]);
+    let _m = Mounted::new(
+        &arc,
+        &mp,
+        &[
+            "--cache",
+            "1M",
+            "--threads",
+            "2",
+            "-o",
+            "allow_other,noexec",
+        ],
+    );
+    let line = mount_line(&mp).unwrap();
+    for o in [
+        "ro,",
+        "nosuid",
+        "nodev",
+        "noexec",
+        "allow_other",
+        "default_permissions",
+    ] {
+        assert!(line.contains(o), "{o} missing from {line}");
+    }
+    // Everything, with owners, modes, times, links, xattrs and holes
+    // (compared before anything reads the source and moves its atimes).
+    run("cp", &["-a".as_ref(), mp.as_os_str(), out.as_os_str()]);
+    compare_trees(&src, &out);
+    diff_r(&src, &out);
+    // One file, as docs/MOUNT.md shows it.
+    let one = t.path("one");
+    run("cp", &[mp.join("big.bin").as_os_str(), one.as_os_str()]);
+    cmp(&src.join("big.bin"), &one);
+}
+
+#[test]
+fn volume_archive_is_a_loop_mountable_image() {
+    require_root();
+    let t = Tmp::new("mount-volume");
+    let (tree, img, arc) = (t.path("tree"), t.path("disk.img"), t.path("v.hbb"));
+    let (mp, lmp) = (t.path("mnt"), t.path("inner"));
+    fs::create_dir_all(tree.join("docs/deeper")).unwrap();
+    write_pattern(&tree.join("docs/report.txt"), 700_000, 3);
+    write_pattern(&tree.join("docs/deeper/data.bin"), 3_000_000, 4);
+    fs::write(tree.join("small"), b"tiny\n").unwrap();
+    std::os::unix::fs::symlink("docs/report.txt", tree.join("shortcut")).unwrap();
+    fs::hard_link(tree.join("small"), tree.join("docs/small-again")).unwrap();
+    mkfs_ext4(&img, 32, &tree);
+    snapshot(&img, &arc, &[]);
+    let _m = Mounted::new(&arc, &mp, &[]);
+    let names: Vec<_> = fs::read_dir(&mp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("disk.img")]);
+    let inside = mp.join("disk.img");
+    assert_eq!(
+        fs::metadata(&inside).unwrap().len(),
+        fs::metadata(&img).unwrap().len()
+    );
+    cmp(&img, &inside);
+    fs::create_dir(&lmp).unwrap();
+    let _l = LoopMount::new(&inside, &lmp, true);
+    let o = Command::new("diff")
+        .args(["-r", "--no-dereference", "-x", "lost+found"])
+        .arg(&tree)
+        .arg(&lmp)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "diff -r tree inner: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn sixteen_readers_at_random_offsets_get_the_right_bytes() {
+    require_root();
+    let t = Tmp::new("mount-parallel");
+    let (src, arc, mp) = (t.path("src"), t.path("a.hbb"), t.path("mnt"));
+    fs::create_dir(&src).unwrap();
+    write_pattern(&src.join("a"), 6_000_000, 11);
+    write_pattern(&src.join("b"), 3_000_000, 12);
+    write_pattern(&src.join("c"), 1_000_001, 13);
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(8_000_000).unwrap();
+    for off in [100_000u64, 2_000_000, 2_050_000, 7_990_000] {
+        f.write_all_at(&pattern(9000, off), off).unwrap();
+    }
+    drop(f);
+    snapshot(&src, &arc, &[]);
+    // A small cache: evictions and concurrent misses all the time.
+    let _m = Mounted::new(&arc, &mp, &["--cache", "1M", "--threads", "4"]);
+    let names = ["a", "b", "c", "sparse"];
+    let want: Arc<Vec<Vec<u8>>> = Arc::new(
+        names
+            .iter()
+            .map(|n| fs::read(src.join(n)).unwrap())
+            .collect(),
+    );
+    let hs: Vec<_> = (0..16u64)
+        .map(|t| {
+            let want = want.clone();
+            let mp = mp.clone();
+            std::thread::spawn(move || {
+                // Half the readers bypass the page cache, so that every one
+                // of their reads reaches the filesystem.
+                let files: Vec<fs::File> = names
+                    .iter()
+                    .map(|n| {
+                        let mut o = fs::OpenOptions::new();
+                        o.read(true);
+                        if t % 2 == 0 {
+                            o.custom_flags(libc::O_DIRECT);
+                        }
+                        o.open(mp.join(n)).unwrap()
+                    })
+                    .collect();
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (t + 1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for i in 0..200 {
+                    let k = (next() % names.len() as u64) as usize;
+                    let size = want[k].len() as u64;
+                    let off = next() % (size + 1000);
+                    let len = 1 + (next() % 300_000) as usize;
+                    let mut buf = vec![0u8; len];
+                    let mut got = 0;
+                    while got < len {
+                        let n = files[k].read_at(&mut buf[got..], off + got as u64).unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got += n;
+                    }
+                    let lo = off.min(size) as usize;
+                    let hi = (off + len as u64).min(size) as usize;
+                    assert_eq!(got, hi - lo, "reader {t} read {i}: {} at {off}", names[k]);
+                    assert!(
+                        buf[..got] == want[k][lo..hi],
+                        "reader {t} read {i}: wrong bytes in {} at {off} len {len}",
+                        names[k]
+                    );
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
+
+#[test]
+fn damaged_block_is_eio_for_its_file_only_and_logged() {
+    require_root();
+    let t = Tmp::new("mount-damaged");
+    let (src, arc, mp, log) = (t.path("src"), t.path("a.hbb"), t.path("mnt"), t.path("log"));
+    fs::create_dir(&src).unwrap();
+    write_pattern(&src.join("a"), 300_000, 21);
+    write_pattern(&src.join("victim"), 1_000_000, 22);
+    write_pattern(&src.join("z"), 300_000, 23);
+    snapshot(&src, &arc, &["--mode", "file"]);
+    // Damage the frame of the block holding victim's byte 600 000.
+    let a = Archive::open(&arc).unwrap();
+    let ino = a.resolve(b"victim").unwrap();
+    let Body::File { extents, .. } = &a.inode(ino).body else {
+        panic!("victim is not a file")
+    };
+    let e = extents.iter().find(|e| e.offset <= 600_000).unwrap();
+    let block = (e.stream + 600_000 - e.offset) / a.block_size();
+    let BlockLoc::Frame { offset, clen } = a.index.blocks[block as usize].loc else {
+        panic!("block {block} has no frame")
+    };
+    drop(a);
+    flip_byte(&arc, offset + u64::from(clen) / 2);
+
+    let mut child = spawn_foreground(&arc, &mp, &log, &["--threads", "3"]);
+    let _g = Mounted::guard(&mp);
+    wait_until("mount -f ready", 20, || is_mounted(&mp));
+    // The whole file: EIO, not ENOENT; it is still there.
+    let err = fs::read(mp.join("victim")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(fs::metadata(mp.join("victim")).unwrap().len(), 1_000_000);
+    // Its first bytes, far from the damage, still read.
+    let f = fs::File::open(mp.join("victim")).unwrap();
+    let mut head = vec![0u8; 4096];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, pattern(1_000_000, 22)[..4096]);
+    // Other files read in full, again and again.
+    for _ in 0..2 {
+        cmp(&src.join("a"), &mp.join("a"));
+        cmp(&src.join("z"), &mp.join("z"));
+    }
+    assert!(fs::read(mp.join("victim")).is_err());
+    // SIGTERM: clean unmount, exit 0 (nothing open: not busy).
+    drop(f);
+    kill(child.id() as i32, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "hbb mount -f after SIGTERM: {status}");
+    assert!(!is_mounted(&mp));
+    let mut text = String::new();
+    fs::File::open(&log)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert!(
+        text.contains("/victim (inode")
+            && text.contains(&format!("block {block} (archive offset {offset})")),
+        "the log does not name the file and the block:\n{text}"
+    );
+    assert_eq!(
+        text.matches("read error").count(),
+        1,
+        "one line per damaged block and file:\n{text}"
+    );
+}
+
+#[test]
+fn mount_errors_say_why() {
+    require_root();
+    let t = Tmp::new("mount-errors");
+    let (src, arc) = (t.path("src"), t.path("a.hbb"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), b"data\n").unwrap();
+    snapshot(&src, &arc, &[]);
+    let a = arc.to_str().unwrap();
+    let fails = |args: &[&str], want: &str| {
+        let o = hbb(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+    };
+    let missing = t.path("nowhere");
+    fails(&["mount", a, missing.to_str().unwrap()], "does not exist");
+    let file = t.path("file");
+    fs::write(&file, b"x").unwrap();
+    fails(&["mount", a, file.to_str().unwrap()], "not a directory");
+    let mp = t.path("mnt");
+    fs::create_dir(&mp).unwrap();
+    fails(
+        &["mount", file.to_str().unwrap(), mp.to_str().unwrap()],
+        "not an hbb archive",
+    );
+    fails(
+        &[
+            "mount",
+            t.path("no.hbb").to_str().unwrap(),
+            mp.to_str().unwrap(),
+        ],
+        "No such file",
+    );
+    fails(&["mount", a, mp.to_str().unwrap(), "-o", "rw"], "read-only");
+    assert!(!is_mounted(&mp));
+    {
+        let _m = Mounted::new(&arc, &mp, &[]);
+        fails(&["mount", a, mp.to_str().unwrap()], "busy");
+        // Busy for umount too, while a file is open there.
+        let f = fs::File::open(mp.join("f")).unwrap();
+        fails(&["umount", mp.to_str().unwrap()], "busy");
+        assert!(is_mounted(&mp));
+        // --lazy detaches now; the open file still reads.
+        assert_ok(&hbb(&["umount", "--lazy", mp.to_str().unwrap()]));
+        assert!(!is_mounted(&mp));
+        let mut s = String::new();
+        (&f).read_to_string(&mut s).unwrap();
+        assert_eq!(s, "data\n");
+        drop(f);
+        wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    }
+    fails(&["umount", mp.to_str().unwrap()], "not mounted");
+    // Without /dev/fuse (a private /dev in a mount namespace).
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none /dev && exec "$0" mount "$1" "$2""#)
+        .arg(bin())
+        .arg(&arc)
+        .arg(&mp)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/dev/fuse does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn signals_and_umount_leave_nothing_behind() {
+    require_root();
+    let t = Tmp::new("mount-signals");
+    let (src, arc) = (t.path("src"), t.path("a.hbb"));
+    fs::create_dir(&src).unwrap();
+    write_pattern(&src.join("f"), 100_000, 31);
+    snapshot(&src, &arc, &[]);
+
+    // Foreground, SIGINT (Ctrl-C).
+    let (mp, log) = (t.path("fg"), t.path("fg.log"));
+    let mut child = spawn_foreground(&arc, &mp, &log, &[]);
+    let _g = Mounted::guard(&mp);
+    wait_until("mount -f ready", 20, || is_mounted(&mp));
+    cmp(&src.join("f"), &mp.join("f"));
+    kill(child.id() as i32, libc::SIGINT);
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&mp));
+    fs::metadata(&mp).unwrap();
+
+    // Background, SIGTERM to the daemon.
+    let mp = t.path("bg");
+    let _m = Mounted::new(&arc, &mp, &[]);
+    cmp(&src.join("f"), &mp.join("f"));
+    let pids = daemons(&mp);
+    assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
+    kill(pids[0], libc::SIGTERM);
+    wait_until("SIGTERM unmounts", 10, || !is_mounted(&mp));
+    wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    // Not a dead "Transport endpoint is not connected" mount: a directory.
+    assert!(fs::metadata(&mp).unwrap().is_dir());
+
+    // Background, then hbb umount; mounting again works.
+    for _ in 0..2 {
+        let m = Mounted::new(&arc, &mp, &[]);
+        cmp(&src.join("f"), &mp.join("f"));
+        assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
+        assert!(!is_mounted(&mp));
+        wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+        drop(m);
+    }
+    // In quick succession: a daemon on its way out never touches the next
+    // mount at the same place (its device number may be the same).
+    for i in 0..10 {
+        let m = Mounted::new(&arc, &mp, &[]);
+        let got = fs::read(mp.join("f")).unwrap_or_else(|e| panic!("round {i}: {e}"));
+        assert_eq!(got.len(), 100_000);
+        assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
+        drop(m);
+    }
+    wait_until("the daemons exit", 10, || daemons(&mp).is_empty());
+    assert!(!is_mounted(&mp));
+}

@@ -278,7 +278,7 @@ impl<'a> Restorer<'a> {
                 continue;
             }
             let fd = self.dir_owned(d)?;
-            self.finish_meta(d, fd.as_fd(), true);
+            self.finish_meta(d, fd.as_fd(), false);
         }
         Ok(())
     }
@@ -432,7 +432,7 @@ impl<'a> Restorer<'a> {
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             ) {
-                Ok(fd) => self.finish_meta(ino, fd.as_fd(), false),
+                Ok(fd) => self.finish_meta(ino, fd.as_fd(), true),
                 Err(e) => self.problem(ino, e),
             }
         }
@@ -467,15 +467,16 @@ impl<'a> Restorer<'a> {
 
     /// Owner, xattrs, mode, times, in that order (chown clears set-id bits
     /// and capabilities). `fd` may be an O_PATH descriptor.
-    fn finish_meta(&mut self, ino: u32, fd: BorrowedFd<'_>, is_dir: bool) {
-        let inode = self.a.inode(ino).clone();
-        let proc_path = PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&fd)
-        ));
-        let _ = is_dir;
+    fn finish_meta(&mut self, ino: u32, fd: BorrowedFd<'_>, o_path: bool) {
+        let a = self.a;
+        let inode = a.inode(ino);
+        // An O_PATH descriptor (fifos, devices, sockets) takes no fchmod or
+        // fsetxattr; its /proc/self/fd link reaches the same inode.
+        let proc_path = o_path.then(|| {
+            PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+        });
         if self.is_root {
-            let (uid, gid) = self.owner(&inode);
+            let (uid, gid) = self.owner(inode);
             let r = rustix::fs::chownat(
                 fd,
                 "",
@@ -491,12 +492,12 @@ impl<'a> Restorer<'a> {
             let Ok(name) = std::ffi::CString::new(x.name.clone()) else {
                 continue;
             };
-            if let Err(e) = rustix::fs::setxattr(
-                &proc_path,
-                name.as_c_str(),
-                &x.value,
-                rustix::fs::XattrFlags::empty(),
-            ) {
+            let flags = rustix::fs::XattrFlags::empty();
+            let r = match &proc_path {
+                Some(p) => rustix::fs::setxattr(p, name.as_c_str(), &x.value, flags),
+                None => rustix::fs::fsetxattr(fd, name.as_c_str(), &x.value, flags),
+            };
+            if let Err(e) = r {
                 self.problem(
                     ino,
                     format!("xattr {}: {e}", String::from_utf8_lossy(&x.name)),
@@ -509,7 +510,12 @@ impl<'a> Restorer<'a> {
         } else {
             inode.perm & !0o6000
         };
-        if let Err(e) = rustix::fs::chmod(&proc_path, Mode::from_raw_mode(perm)) {
+        let mode = Mode::from_raw_mode(perm);
+        let r = match &proc_path {
+            Some(p) => rustix::fs::chmod(p, mode),
+            None => rustix::fs::fchmod(fd, mode),
+        };
+        if let Err(e) = r {
             self.problem(ino, format!("mode: {e}"));
         }
         let ts = Timestamps {

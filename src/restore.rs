@@ -473,7 +473,10 @@ impl<'a> Restorer<'a> {
         // An O_PATH descriptor (fifos, devices, sockets) takes no fchmod or
         // fsetxattr; its /proc/self/fd link reaches the same inode.
         let proc_path = o_path.then(|| {
-            PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd)))
+            PathBuf::from(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ))
         });
         if self.is_root {
             let (uid, gid) = self.owner(inode);

@@ -673,3 +673,143 @@ fn signals_and_umount_leave_nothing_behind() {
     wait_until("the daemons exit", 10, || daemons(&mp).is_empty());
     assert!(!is_mounted(&mp));
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: i32) -> u64 {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// 64 readers over random files and offsets for HBB_LOAD_SECS seconds
+/// (default 15; scripts/load.sh runs it for minutes): every byte checked,
+/// the daemon's memory within the cache bound, no deadlock, and a clean
+/// unmount afterwards.
+#[test]
+fn sixty_four_readers_under_load() {
+    require_root();
+    let secs: u64 = std::env::var("HBB_LOAD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    let t = Tmp::new("mount-load");
+    let (src, arc, mp) = (t.path("src"), t.path("a.hbb"), t.path("mnt"));
+    fs::create_dir(&src).unwrap();
+    let mut names = Vec::new();
+    for i in 0..40u64 {
+        let size = [100, 40_000, 300_000, 1_000_000, 4_000_000][i as usize % 5] + i as usize * 777;
+        let n = format!("f{i:02}");
+        write_pattern(&src.join(&n), size, 1000 + i);
+        names.push(n);
+    }
+    snapshot(&src, &arc, &[]);
+    let cache: u64 = 8 << 20;
+    let m = Mounted::new(&arc, &mp, &["--cache", "8M", "--threads", "4"]);
+    let pid = daemons(&mp)[0];
+    let want: Arc<Vec<Vec<u8>>> = Arc::new(
+        names
+            .iter()
+            .map(|n| fs::read(src.join(n)).unwrap())
+            .collect(),
+    );
+    let names = Arc::new(names);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let hs: Vec<_> = (0..64u64)
+        .map(|t| {
+            let (want, names, mp, reads) = (want.clone(), names.clone(), mp.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ (t * 7919 + 1);
+                let mut next = move || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                while Instant::now() < deadline {
+                    let k = (next() % names.len() as u64) as usize;
+                    let mut o = fs::OpenOptions::new();
+                    o.read(true);
+                    if t % 2 == 0 {
+                        o.custom_flags(libc::O_DIRECT);
+                    }
+                    let f = o.open(mp.join(&names[k])).unwrap();
+                    let size = want[k].len() as u64;
+                    for _ in 0..8 {
+                        let off = next() % size;
+                        let len = 1 + (next() % 200_000) as usize;
+                        let mut buf = vec![0u8; len];
+                        let mut got = 0;
+                        while got < len {
+                            let n = f.read_at(&mut buf[got..], off + got as u64).unwrap();
+                            if n == 0 {
+                                break;
+                            }
+                            got += n;
+                        }
+                        let hi = (off + len as u64).min(size) as usize;
+                        assert!(
+                            buf[..got] == want[k][off as usize..hi],
+                            "reader {t}: wrong bytes in {} at {off}",
+                            names[k]
+                        );
+                        reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // The daemon's memory while the readers run.
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(rss(pid));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert!(
+        reads.load(std::sync::atomic::Ordering::Relaxed) > 1000,
+        "too few reads: a stall?"
+    );
+    // The cache, plus the index, the threads' stacks and the allocator's slack.
+    assert!(
+        peak < cache + (64 << 20),
+        "mount process peaked at {peak} bytes with an 8 MiB cache"
+    );
+    eprintln!(
+        "load: {} reads in {secs}s, daemon peak RSS {} MiB",
+        reads.load(std::sync::atomic::Ordering::Relaxed),
+        peak >> 20
+    );
+    assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
+    wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    assert!(!is_mounted(&mp));
+    drop(m);
+}
+
+#[test]
+fn a_killed_daemon_leaves_a_mount_that_hbb_umount_cleans() {
+    require_root();
+    let t = Tmp::new("mount-killed");
+    let (src, arc, mp) = (t.path("src"), t.path("a.hbb"), t.path("mnt"));
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("x"), b"still here\n").unwrap();
+    snapshot(&src, &arc, &[]);
+    let m = Mounted::new(&arc, &mp, &[]);
+    let pids = daemons(&mp);
+    assert_eq!(pids.len(), 1);
+    kill(pids[0], libc::SIGKILL);
+    wait_until("the daemon dies", 10, || daemons(&mp).is_empty());
+    let e = fs::metadata(&mp).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
+    assert!(!is_mounted(&mp));
+    assert!(fs::metadata(&mp).unwrap().is_dir());
+    // And the mountpoint takes a new mount.
+    drop(m);
+    let _m2 = Mounted::new(&arc, &mp, &[]);
+    assert_eq!(fs::read(mp.join("x")).unwrap(), b"still here\n");
+}

@@ -1,7 +1,7 @@
 //! The `hbb` binary: parse the command line, run it, map the outcome to an
 //! exit code (see `cli::exit`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -213,9 +213,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Cat(a) => {
             let ar = Archive::open(&a.archive)?;
             let stdout = std::io::stdout();
-            if stdout.is_terminal() {
-                // Nothing special: cat to a terminal is the user's choice.
-            }
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             inspect::cat(&ar, a.path.as_os_str().as_bytes(), &mut out)?;
             Ok(exit::OK)

@@ -19,6 +19,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
@@ -61,17 +62,19 @@ pub fn restore(o: &Options) -> Result<Report> {
     } else {
         r.restore_tree()?;
     }
-    Ok(r.report)
+    let mut report = r.report.into_inner().expect("report lock");
+    report.problems.sort();
+    Ok(report)
 }
 
 struct Restorer<'a> {
     a: &'a Archive,
     o: &'a Options,
-    report: Report,
+    report: Mutex<Report>,
     root: u32,
     /// First (parent, name) seen for each inode within the selection.
     place: Vec<Option<(u32, u32)>>,
-    dirs: DirFds,
+    dirs: Mutex<DirFds>,
     is_root: bool,
     uid_map: HashMap<u32, u32>,
     gid_map: HashMap<u32, u32>,
@@ -108,17 +111,17 @@ impl<'a> Restorer<'a> {
         Ok(Restorer {
             a,
             o,
-            report: Report::default(),
+            report: Mutex::new(Report::default()),
             root: 0,
             place: vec![None; n],
-            dirs: DirFds {
+            dirs: Mutex::new(DirFds {
                 dest: if tree {
                     Some(open_dest(&o.dest)?)
                 } else {
                     None
                 },
                 open: HashMap::new(),
-            },
+            }),
             is_root,
             uid_map,
             gid_map,
@@ -131,9 +134,17 @@ impl<'a> Restorer<'a> {
         self.o.dest.join(sys::os(p)).display().to_string()
     }
 
-    fn problem(&mut self, ino: u32, msg: impl std::fmt::Display) {
+    fn problem(&self, ino: u32, msg: impl std::fmt::Display) {
         let p = self.path_of(ino);
-        self.report.problems.push(format!("{p}: {msg}"));
+        self.report
+            .lock()
+            .expect("report lock")
+            .problems
+            .push(format!("{p}: {msg}"));
+    }
+
+    fn count_entry(&self) {
+        self.report.lock().expect("report lock").entries += 1;
     }
 
     fn name(&self, dirent: u32) -> &[u8] {
@@ -142,35 +153,41 @@ impl<'a> Restorer<'a> {
 
     // ---- directory descriptors ------------------------------------------
 
-    fn dir_fd(&mut self, ino: u32) -> Result<BorrowedFd<'_>> {
+    /// A descriptor of directory `ino` (a duplicate, so that no lock is
+    /// held while it is used). Directories are opened through their
+    /// parents, from DEST down, never following a symlink.
+    fn dir_owned(&self, ino: u32) -> Result<OwnedFd> {
+        let mut dirs = self.dirs.lock().expect("dir lock");
+        let fd = self.dir_fd(&mut dirs, ino)?;
+        fd.try_clone_to_owned().at(&self.o.dest)
+    }
+
+    fn dir_fd<'d>(&self, dirs: &'d mut DirFds, ino: u32) -> Result<BorrowedFd<'d>> {
         if ino == self.root || ino == u32::MAX {
-            return match &self.dirs.dest {
+            return match &dirs.dest {
                 Some(fd) => Ok(fd.as_fd()),
                 None => Err(Error::Other("no destination directory".into())),
             };
         }
-        if !self.dirs.open.contains_key(&ino) {
+        if !dirs.open.contains_key(&ino) {
             let (parent, de) = self.place[ino as usize].expect("placed directory");
-            let name = self.name(de).to_vec();
-            let pfd = self.dir_owned(parent)?;
+            let pfd = self
+                .dir_fd(dirs, parent)?
+                .try_clone_to_owned()
+                .at(&self.o.dest)?;
             let fd = rustix::fs::openat(
                 &pfd,
-                sys::os(&name),
+                sys::os(self.name(de)),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| Error::io(self.path_of(ino), e.into()))?;
-            if self.dirs.open.len() >= DIR_FD_CACHE {
-                self.dirs.open.clear();
+            if dirs.open.len() >= DIR_FD_CACHE {
+                dirs.open.clear();
             }
-            self.dirs.open.insert(ino, fd);
+            dirs.open.insert(ino, fd);
         }
-        Ok(self.dirs.open[&ino].as_fd())
-    }
-
-    fn dir_owned(&mut self, ino: u32) -> Result<OwnedFd> {
-        let dest = self.o.dest.clone();
-        self.dir_fd(ino)?.try_clone_to_owned().at(dest)
+        Ok(dirs.open[&ino].as_fd())
     }
 
     // ---- selection ----------------------------------------------------------
@@ -284,7 +301,7 @@ impl<'a> Restorer<'a> {
     }
 
     /// Creates a directory; `false` if it could not be.
-    fn make_dir(&mut self, ino: u32, report: bool) -> Result<bool> {
+    fn make_dir(&self, ino: u32, report: bool) -> Result<bool> {
         let (parent, de) = self.place[ino as usize].expect("placed");
         let name = self.name(de).to_vec();
         let pfd = self.dir_owned(parent)?;
@@ -315,13 +332,13 @@ impl<'a> Restorer<'a> {
                 return Ok(false);
             }
         }
-        self.report.entries += 1;
+        self.count_entry();
         Ok(true)
     }
 
     /// Makes room for a non-directory entry: with --overwrite an existing
     /// one is removed; otherwise it is reported. `false`: leave it.
-    fn clear_place(&mut self, ino: u32, pfd: BorrowedFd<'_>, name: &[u8]) -> bool {
+    fn clear_place(&self, ino: u32, pfd: BorrowedFd<'_>, name: &[u8]) -> bool {
         match rustix::fs::statat(pfd, sys::os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => true,
             Err(e) => {
@@ -350,7 +367,7 @@ impl<'a> Restorer<'a> {
     }
 
     /// Creates a non-directory entry, or queues a file with data.
-    fn make_entry(&mut self, ino: u32, files: &mut Vec<u32>) -> Result<bool> {
+    fn make_entry(&self, ino: u32, files: &mut Vec<u32>) -> Result<bool> {
         let (parent, de) = self.place[ino as usize].expect("placed");
         let name = self.name(de).to_vec();
         let pfd = self.dir_owned(parent)?;
@@ -383,7 +400,7 @@ impl<'a> Restorer<'a> {
                             self.problem(ino, e);
                         }
                         self.finish_meta(ino, f.as_fd(), false);
-                        self.report.entries += 1;
+                        self.count_entry();
                         return Ok(true);
                     }
                     Err(e) => Err(e),
@@ -422,7 +439,7 @@ impl<'a> Restorer<'a> {
             self.problem(ino, e);
             return Ok(false);
         }
-        self.report.entries += 1;
+        self.count_entry();
         if matches!(inode.body, Body::Symlink { .. }) {
             self.symlink_meta(ino, pfd.as_fd(), &name);
         } else {
@@ -439,7 +456,7 @@ impl<'a> Restorer<'a> {
         Ok(true)
     }
 
-    fn link(&mut self, ino: u32, dir: u32, de: u32) -> Result<()> {
+    fn link(&self, ino: u32, dir: u32, de: u32) -> Result<()> {
         let (p0, de0) = self.place[ino as usize].expect("placed");
         let n0 = self.name(de0).to_vec();
         let n1 = self.name(de).to_vec();
@@ -450,9 +467,13 @@ impl<'a> Restorer<'a> {
         }
         if let Err(e) = rustix::fs::linkat(&f0, sys::os(&n0), &f1, sys::os(&n1), AtFlags::empty()) {
             let p = format!("{}/{}", self.path_of(dir), String::from_utf8_lossy(&n1));
-            self.report.problems.push(format!("{p}: hard link: {e}"));
+            self.report
+                .lock()
+                .expect("report lock")
+                .problems
+                .push(format!("{p}: hard link: {e}"));
         } else {
-            self.report.entries += 1;
+            self.count_entry();
         }
         Ok(())
     }
@@ -467,7 +488,7 @@ impl<'a> Restorer<'a> {
 
     /// Owner, xattrs, mode, times, in that order (chown clears set-id bits
     /// and capabilities). `fd` may be an O_PATH descriptor.
-    fn finish_meta(&mut self, ino: u32, fd: BorrowedFd<'_>, o_path: bool) {
+    fn finish_meta(&self, ino: u32, fd: BorrowedFd<'_>, o_path: bool) {
         let a = self.a;
         let inode = a.inode(ino);
         // An O_PATH descriptor (fifos, devices, sockets) takes no fchmod or
@@ -530,7 +551,7 @@ impl<'a> Restorer<'a> {
         }
     }
 
-    fn symlink_meta(&mut self, ino: u32, pfd: BorrowedFd<'_>, name: &[u8]) {
+    fn symlink_meta(&self, ino: u32, pfd: BorrowedFd<'_>, name: &[u8]) {
         let inode = self.a.inode(ino).clone();
         if self.is_root {
             let (uid, gid) = self.owner(&inode);
@@ -555,7 +576,7 @@ impl<'a> Restorer<'a> {
 
     // ---- data pass ----------------------------------------------------------
 
-    fn write_data(&mut self, files: &[u32]) -> Result<()> {
+    fn write_data(&self, files: &[u32]) -> Result<()> {
         let mut items = Vec::new();
         for &ino in files {
             if let Body::File { extents, .. } = &self.a.inode(ino).body {
@@ -564,96 +585,139 @@ impl<'a> Restorer<'a> {
                 }
             }
         }
-        self.run_data(items, &mut |me: &mut Self, ino| -> Option<Target> {
-            let (parent, de) = me.place[ino as usize].expect("placed");
-            let name = me.name(de).to_vec();
-            let pfd = match me.dir_owned(parent) {
-                Ok(f) => f,
-                Err(e) => {
-                    me.problem(ino, e);
-                    return None;
-                }
-            };
-            if !me.clear_place(ino, pfd.as_fd(), &name) {
-                return None;
-            }
-            let size = match me.a.inode(ino).body {
-                Body::File { size, .. } => size,
-                _ => 0,
-            };
-            let fd = rustix::fs::openat(
-                &pfd,
-                sys::os(&name),
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            );
-            match fd {
-                Ok(fd) => {
-                    let f = File::from(fd);
-                    if let Err(e) = f.set_len(size) {
-                        me.problem(ino, e);
-                    }
-                    Some(Target {
-                        file: f,
-                        fresh: true,
-                        parent,
-                        name,
-                    })
-                }
-                Err(e) => {
-                    me.problem(ino, e);
-                    None
-                }
-            }
-        })?;
-        Ok(())
+        self.run_data(items, &Targets::Tree, self.o.threads)
     }
 
-    /// Decodes every needed block in parallel, in stream order, and writes
-    /// each piece to its inode's target.
-    fn run_data(
-        &mut self,
-        items: Vec<(u32, Extent)>,
-        open: &mut dyn FnMut(&mut Self, u32) -> Option<Target>,
-    ) -> Result<()> {
+    /// Creates a regular file that has data, sized (so holes stay holes).
+    fn create_file(&self, ino: u32) -> Option<Target> {
+        let (parent, de) = self.place[ino as usize].expect("placed");
+        let name = self.name(de).to_vec();
+        let pfd = match self.dir_owned(parent) {
+            Ok(f) => f,
+            Err(e) => {
+                self.problem(ino, e);
+                return None;
+            }
+        };
+        if !self.clear_place(ino, pfd.as_fd(), &name) {
+            return None;
+        }
+        let size = match self.a.inode(ino).body {
+            Body::File { size, .. } => size,
+            _ => 0,
+        };
+        let fd = rustix::fs::openat(
+            &pfd,
+            sys::os(&name),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        );
+        match fd {
+            Ok(fd) => {
+                let f = File::from(fd);
+                if let Err(e) = f.set_len(size) {
+                    self.problem(ino, e);
+                }
+                Some(Target {
+                    file: f,
+                    fresh: true,
+                    parent,
+                    name,
+                })
+            }
+            Err(e) => {
+                self.problem(ino, e);
+                None
+            }
+        }
+    }
+
+    /// The data pass: blocks decoded in parallel and in stream order; each
+    /// piece goes to one of `writers` threads, chosen by inode, so that a
+    /// file's pieces are written in order by one thread while different
+    /// files are created, written and finished on all cores at once.
+    fn run_data(&self, items: Vec<(u32, Extent)>, targets: &Targets, writers: usize) -> Result<()> {
         let total = items.iter().map(|(_, e)| e.len).sum();
         let progress = Progress::new(total, self.o.quiet);
-        let mut targets: HashMap<u32, Option<Target>> = HashMap::new();
+        let writers = writers.max(1);
+        let result = std::thread::scope(|s| {
+            let mut txs = Vec::with_capacity(writers);
+            for w in 0..writers {
+                let (tx, rx) = crossbeam_channel::bounded::<Piece>(WRITE_QUEUE);
+                txs.push(tx);
+                std::thread::Builder::new()
+                    .name(format!("hbb-write-{w}"))
+                    .spawn_scoped(s, move || self.writer(rx, targets))
+                    .expect("spawn writer thread");
+            }
+            let r = for_each_piece(self.a, items, self.o.threads, |p| {
+                progress.read(p.len);
+                let piece = Piece {
+                    ino: p.ino,
+                    offset: p.offset,
+                    len: p.len,
+                    zero: p.zero,
+                    last: p.last,
+                    data: match p.data {
+                        Ok(_) if p.zero => Ok(Vec::new()),
+                        Ok(b) => Ok(b.to_vec()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                txs[p.ino as usize % writers]
+                    .send(piece)
+                    .map_err(|_| Error::Other("a restore writer stopped".into()))
+            });
+            drop(txs);
+            r
+        });
+        progress.finish();
+        result
+    }
+
+    /// One writer thread: opens each of its files at its first piece,
+    /// writes the pieces, finishes the file at its last.
+    fn writer(&self, rx: crossbeam_channel::Receiver<Piece>, targets: &Targets) {
+        let mut open: HashMap<u32, Option<Target>> = HashMap::new();
         let mut damaged: HashMap<u32, String> = HashMap::new();
-        let a = self.a;
-        for_each_piece(a, items, self.o.threads, |p| {
-            let target = targets.entry(p.ino).or_insert_with(|| open(self, p.ino));
-            match (p.data, target.as_mut()) {
-                (Ok(bytes), Some(tg)) if !(p.zero && tg.fresh) => {
-                    if let Err(err) = tg.file.write_all_at(bytes, p.offset) {
+        for p in rx {
+            let target = open.entry(p.ino).or_insert_with(|| match targets {
+                Targets::Tree => self.create_file(p.ino),
+                Targets::Volume(slot) => slot.lock().expect("volume lock").take(),
+            });
+            match (&p.data, target.as_mut()) {
+                (Ok(bytes), Some(tg)) => {
+                    let r = if !p.zero {
+                        tg.file.write_all_at(bytes, p.offset)
+                    } else if !tg.fresh {
+                        // A device, not a new file: its zeros must be written.
+                        tg.file.write_all_at(&vec![0u8; p.len as usize], p.offset)
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(err) = r {
                         damaged
                             .entry(p.ino)
                             .or_insert(format!("write at offset {}: {err}", p.offset));
                     }
                 }
                 (Err(err), _) => {
-                    damaged.entry(p.ino).or_insert(err.to_string());
+                    damaged.entry(p.ino).or_insert(err.clone());
                 }
-                _ => {}
+                (Ok(_), None) => {}
             }
-            progress.read(p.len);
             if p.last
-                && let Some(Some(tg)) = targets.remove(&p.ino)
+                && let Some(Some(tg)) = open.remove(&p.ino)
             {
                 self.finish_file(p.ino, tg, damaged.contains_key(&p.ino));
             }
-            Ok(())
-        })?;
-        progress.finish();
-        let mut damaged: Vec<_> = damaged.into_iter().collect();
-        damaged.sort();
+        }
         for (ino, why) in damaged {
             self.problem(ino, format!("not restored: {why}"));
         }
-        Ok(())
     }
 
-    fn finish_file(&mut self, ino: u32, tg: Target, damaged: bool) {
+    fn finish_file(&self, ino: u32, tg: Target, damaged: bool) {
         if damaged {
             if let Ok(pfd) = self.dir_owned(tg.parent) {
                 let _ = rustix::fs::unlinkat(&pfd, sys::os(&tg.name), AtFlags::empty());
@@ -661,17 +725,17 @@ impl<'a> Restorer<'a> {
             return;
         }
         if let Body::File { size, .. } = self.a.inode(ino).body {
-            self.report.bytes += size;
+            self.report.lock().expect("report lock").bytes += size;
         }
         if tg.parent != u32::MAX {
             self.finish_meta(ino, tg.file.as_fd(), false);
         }
-        self.report.entries += 1;
+        self.count_entry();
     }
 
     // ---- volume -------------------------------------------------------------
 
-    fn restore_volume(&mut self, dest: &Path) -> Result<()> {
+    fn restore_volume(&self, dest: &Path) -> Result<()> {
         let Some(&Dirent { inode: vol, .. }) = self.a.children(0).first() else {
             return Err(Error::corrupt(
                 &self.a.path,
@@ -720,15 +784,16 @@ impl<'a> Restorer<'a> {
             .filter(|e| e.len > 0)
             .map(|e| (vol, *e))
             .collect();
-        let mut slot = Some(Target {
+        let slot = Targets::Volume(Mutex::new(Some(Target {
             file,
             fresh: !is_dev,
             parent: u32::MAX,
             name: Vec::new(),
-        });
-        self.run_data(items, &mut |_, _| slot.take())?;
-        self.report.bytes = size;
-        if let Some(p) = self.report.problems.first() {
+        })));
+        self.run_data(items, &slot, 1)?;
+        let mut report = self.report.lock().expect("report lock");
+        report.bytes = size;
+        if let Some(p) = report.problems.first() {
             return Err(Error::Other(format!(
                 "{}: volume not fully restored: {p}",
                 dest.display()
@@ -742,6 +807,28 @@ impl<'a> Restorer<'a> {
         Ok(())
     }
 }
+
+/// Where the data pass writes.
+enum Targets {
+    /// Each file of the tree, created at its first piece.
+    Tree,
+    /// The one file or device a volume is restored to.
+    Volume(Mutex<Option<Target>>),
+}
+
+/// One piece of a file for a writer thread.
+struct Piece {
+    ino: u32,
+    offset: u64,
+    len: u64,
+    /// From an all-zero block: `data` is empty, the bytes are zeros.
+    zero: bool,
+    last: bool,
+    data: std::result::Result<Vec<u8>, String>,
+}
+
+/// Pieces queued per writer thread (bounds the memory of the data pass).
+const WRITE_QUEUE: usize = 64;
 
 struct Target {
     file: File,

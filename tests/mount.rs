@@ -806,7 +806,13 @@ fn a_killed_daemon_leaves_a_mount_that_hbb_umount_cleans() {
     // "Transport endpoint is not connected" (or, for a request caught in
     // flight, "Software caused connection abort").
     let e = fs::metadata(&mp).unwrap_err();
-    assert!(matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)), "{e}");
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTCONN) | Some(libc::ECONNABORTED)
+        ),
+        "{e}"
+    );
     assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
     assert!(!is_mounted(&mp));
     assert!(fs::metadata(&mp).unwrap().is_dir());

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::snapshot::ModeChoice;
 
@@ -19,6 +19,27 @@ pub mod exit {
     pub const INCOMPLETE: u8 = 3;
     /// verify found damaged blocks or differences from the source.
     pub const VERIFY_FAILED: u8 = 4;
+
+    /// The one table of exit codes: `hbb --help`, the man pages and
+    /// README's "Exit codes" show it (a test checks the README's copy).
+    pub const TABLE: &[(u8, &str)] = &[
+        (OK, "success"),
+        (
+            ERROR,
+            "error: nothing usable was done (missing source, not an archive, damaged index, \
+             disk full, …); the message names the file, block and offset",
+        ),
+        (USAGE, "bad command line"),
+        (
+            INCOMPLETE,
+            "finished but incomplete: some entries could not be read (snapshot) or written \
+             (restore); each is listed on stderr",
+        ),
+        (
+            VERIFY_FAILED,
+            "`verify` found damaged blocks or differences from the source",
+        ),
+    ];
 }
 
 pub const DEFAULT_BLOCK_SIZE: &str = "2MiB";
@@ -36,6 +57,14 @@ pub const DEFAULT_THRESHOLD: u64 = 100_000;
 pub struct Cli {
     #[command(subcommand)]
     pub cmd: Cmd,
+    /// More log output on stderr: -v debug, -vv trace (HBB_LOG=FILTER
+    /// picks modules and levels, as RUST_LOG does).
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less output: no progress and no summary, only warnings and errors;
+    /// -qq: errors only.
+    #[arg(short = 'q', long = "quiet", action = ArgAction::Count, global = true)]
+    pub quiet: u8,
 }
 
 #[derive(Subcommand, Debug)]
@@ -56,6 +85,13 @@ pub enum Cmd {
     Mount(MountArgs),
     /// Unmount an archive mounted with `hbb mount`.
     Umount(UmountArgs),
+    /// Print the completion script for SHELL on stdout.
+    Completions(CompletionsArgs),
+    /// `hbb man DIR`: writes the man pages (hbb.1 and hbb-COMMAND.1) into
+    /// DIR. Not a clap subcommand, so that neither the pages nor the
+    /// completions offer it: [`parse`] recognises it.
+    #[command(skip)]
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -92,9 +128,6 @@ pub struct SnapshotArgs {
     /// Print a JSON summary on stdout (on stderr when the archive goes to stdout).
     #[arg(long)]
     pub json: bool,
-    /// No progress, no summary.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -114,10 +147,9 @@ pub struct RestoreArgs {
     /// Replace entries that already exist in DEST.
     #[arg(long)]
     pub overwrite: bool,
+    /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -126,17 +158,18 @@ pub struct VerifyArgs {
     /// Also compare content and metadata with this source tree, device or image.
     #[arg(long)]
     pub source: Option<PathBuf>,
+    /// Checking threads [default: the number of cores].
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     pub archive: PathBuf,
+    /// Print it as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -179,6 +212,10 @@ pub struct MountArgs {
     /// repeatable or comma-separated. The mount is always read-only.
     #[arg(short = 'o', value_name = "OPTION")]
     pub options: Vec<String>,
+    /// Called by mount(8) through mount.fuse3 as `hbb ARCHIVE MOUNTPOINT -o
+    /// OPTIONS` (see `mount::helper`); set by [`parse`], not an option.
+    #[arg(skip)]
+    pub mount_helper: bool,
 }
 
 #[derive(Args, Debug)]
@@ -187,6 +224,60 @@ pub struct UmountArgs {
     /// Detach now even if busy; it goes away when its last user closes it.
     #[arg(long, short = 'z')]
     pub lazy: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Directory to write the pages to (created if missing).
+    pub dir: PathBuf,
+}
+
+/// The command line's definition, as `--help`, the man pages and the
+/// completions show it.
+pub fn command() -> clap::Command {
+    Cli::command().after_long_help(exit_codes_help())
+}
+
+/// Parses the process's arguments, in the mount(8) form too (`hbb ARCHIVE
+/// MOUNTPOINT -o OPTIONS`, see `mount::helper`), and `hbb man DIR`; exits
+/// on a bad command line, with code 2.
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "man") {
+        let man = ManArgs::augment_args(
+            clap::Command::new("man")
+                .bin_name("hbb man")
+                .about("Write the man pages"),
+        );
+        let m = man.get_matches_from(&args[1..]);
+        return Cli {
+            cmd: Cmd::Man(ManArgs::from_arg_matches(&m).unwrap_or_else(|e| e.exit())),
+            verbose: 0,
+            quiet: 0,
+        };
+    }
+    let (args, mount_helper) = crate::mount::helper::rewrite_args(args);
+    let m = command().get_matches_from(args);
+    let mut cli = Cli::from_arg_matches(&m).unwrap_or_else(|e| e.exit());
+    if let Cmd::Mount(a) = &mut cli.cmd {
+        a.mount_helper = mount_helper;
+    }
+    cli
+}
+
+fn exit_codes_help() -> String {
+    let mut s = String::from("Exit codes:\n");
+    for (code, what) in exit::TABLE {
+        s.push_str(&format!("  {code}  {}\n", what.replace('`', "")));
+    }
+    s
 }
 
 /// Parses 4096, 4K, 4KiB, 24M, 24MiB, 1G, 1GiB (binary multiples; "KB",

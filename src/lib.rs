@@ -8,6 +8,8 @@ pub mod archive;
 pub mod cli;
 pub mod error;
 pub mod inspect;
+pub mod logging;
+pub mod manpages;
 pub mod mount;
 pub mod progress;
 pub mod restore;

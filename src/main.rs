@@ -7,14 +7,16 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Parser;
+use log::{error, info, warn};
 
 use hbb::archive::Archive;
 use hbb::cli::{Cli, Cmd, default_threads, exit};
+use hbb::mount::helper;
 use hbb::{inspect, restore, snapshot, verify};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = hbb::cli::parse();
+    hbb::logging::init(cli.verbose, cli.quiet);
     // A reader of `ls` or `cat` that stops early is not an error; a pipe
     // that closes under `snapshot -` is (the archive is incomplete).
     let quiet_pipe = matches!(cli.cmd, Cmd::Ls(_) | Cmd::Cat(_));
@@ -24,7 +26,7 @@ fn main() -> ExitCode {
             if quiet_pipe && is_broken_pipe(&e) {
                 return ExitCode::from(exit::OK);
             }
-            eprintln!("hbb: error: {e:#}");
+            error!("error: {e:#}");
             ExitCode::from(exit::ERROR)
         }
     }
@@ -39,6 +41,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let quiet = cli.quiet > 0;
     match cli.cmd {
         Cmd::Snapshot(a) => {
             let t0 = Instant::now();
@@ -53,7 +56,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 excludes: a.exclude.clone(),
                 one_file_system: a.one_file_system,
                 allow_mounted_rw: a.allow_mounted_rw,
-                quiet: a.quiet,
+                quiet,
             };
             let out = snapshot::snapshot(&opts)
                 .with_context(|| format!("snapshot of {} failed", a.source.display()))?;
@@ -61,7 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let m = &out.meta;
             let s = &m.stats;
             for w in &m.warnings {
-                eprintln!("hbb: warning: {w}");
+                warn!("warning: {w}");
             }
             if a.json {
                 let j = serde_json::json!({
@@ -80,9 +83,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 } else {
                     println!("{text}");
                 }
-            } else if !a.quiet {
-                eprintln!(
-                    "hbb: {} files, {} dirs, {} bytes read, {} stored (ratio {:.2}), {} of {} blocks zero, {} duplicate; {:.1}s, {:.0} MB/s",
+            } else {
+                info!(
+                    "{} files, {} dirs, {} bytes read, {} stored (ratio {:.2}), {} of {} blocks zero, {} duplicate; {:.1}s, {:.0} MB/s",
                     s.files,
                     s.dirs,
                     s.bytes_read,
@@ -96,8 +99,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 );
             }
             if !m.warnings.is_empty() {
-                eprintln!(
-                    "hbb: snapshot incomplete: {} problem(s), listed above",
+                error!(
+                    "snapshot incomplete: {} problem(s), listed above",
                     m.warnings.len()
                 );
                 return Ok(exit::INCOMPLETE);
@@ -116,12 +119,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 threads: a.threads.unwrap_or_else(default_threads).max(1),
                 numeric_owner: a.numeric_owner,
                 overwrite: a.overwrite,
-                quiet: a.quiet,
+                quiet,
             };
             let r = restore::restore(&opts)
                 .with_context(|| format!("restore of {} failed", a.archive.display()))?;
             for p in &r.problems {
-                eprintln!("hbb: {p}");
+                warn!("{p}");
             }
             if a.json {
                 let j = serde_json::json!({
@@ -133,17 +136,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "problems": r.problems,
                 });
                 println!("{}", serde_json::to_string_pretty(&j)?);
-            } else if !a.quiet {
-                eprintln!(
-                    "hbb: restored {} entries, {} bytes into {}",
+            } else {
+                info!(
+                    "restored {} entries, {} bytes into {}",
                     r.entries,
                     r.bytes,
                     a.dest.display()
                 );
             }
             if !r.problems.is_empty() {
-                eprintln!(
-                    "hbb: restore incomplete: {} problem(s), listed above",
+                error!(
+                    "restore incomplete: {} problem(s), listed above",
                     r.problems.len()
                 );
                 return Ok(exit::INCOMPLETE);
@@ -158,31 +161,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 for b in &r.bad_blocks {
-                    eprintln!(
-                        "hbb: bad block {} at offset {}: {}",
-                        b.block, b.offset, b.error
-                    );
+                    error!("bad block {} at offset {}: {}", b.block, b.offset, b.error);
                     for f in &b.files {
-                        eprintln!("hbb:   affects {f}");
+                        error!("  affects {f}");
                     }
                 }
                 for d in &r.differences {
-                    eprintln!("hbb: differs: {d}");
+                    error!("differs: {d}");
                 }
-                if !a.quiet {
-                    eprintln!(
-                        "hbb: {}: {} frames, {} bytes checked{}: {}",
-                        a.archive.display(),
-                        r.frames_checked,
-                        r.bytes_checked,
-                        if a.source.is_some() {
-                            format!(", {} entries compared with the source", r.entries_compared)
-                        } else {
-                            String::new()
-                        },
-                        if r.ok { "OK" } else { "FAILED" }
-                    );
-                }
+                info!(
+                    "{}: {} frames, {} bytes checked{}: {}",
+                    a.archive.display(),
+                    r.frames_checked,
+                    r.bytes_checked,
+                    if a.source.is_some() {
+                        format!(", {} entries compared with the source", r.entries_compared)
+                    } else {
+                        String::new()
+                    },
+                    if r.ok { "OK" } else { "FAILED" }
+                );
             }
             Ok(if r.ok { exit::OK } else { exit::VERIFY_FAILED })
         }
@@ -218,7 +216,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Mount(a) => {
-            let opts = hbb::mount::Options {
+            let mut opts = hbb::mount::Options {
                 archive: a.archive.clone(),
                 mountpoint: a.mountpoint.clone(),
                 foreground: a.foreground,
@@ -226,6 +224,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 threads: a.threads.unwrap_or_else(default_threads).max(1),
                 options: a.options.clone(),
             };
+            if a.mount_helper {
+                // Called by mount(8): its options, as it means them.
+                let m = helper::options_from_mount8(&a.options)?;
+                opts.options = m.options;
+                opts.cache_bytes = m.cache.unwrap_or(opts.cache_bytes);
+                opts.threads = m.threads.unwrap_or(opts.threads);
+            }
             hbb::mount::mount(&opts).with_context(|| {
                 format!(
                     "cannot mount {} on {}",
@@ -237,6 +242,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Umount(a) => {
             hbb::mount::umount(&a.mountpoint, a.lazy)?;
+            Ok(exit::OK)
+        }
+        Cmd::Completions(a) => {
+            let mut out = std::io::stdout().lock();
+            clap_complete::generate(a.shell, &mut hbb::cli::command(), "hbb", &mut out);
+            out.flush()?;
+            Ok(exit::OK)
+        }
+        Cmd::Man(a) => {
+            hbb::manpages::write_all(&a.dir)
+                .with_context(|| format!("cannot write the man pages into {}", a.dir.display()))?;
             Ok(exit::OK)
         }
     }

@@ -16,6 +16,7 @@
 
 pub mod cache;
 pub mod fs;
+pub mod helper;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -212,6 +213,11 @@ fn parse_options(list: &[String]) -> Result<(SessionACL, Vec<MountOption>)> {
     for item in list.iter().flat_map(|s| s.split(',')).map(str::trim) {
         let o = match item {
             "" | "ro" | "default_permissions" => continue,
+            // nofail, _netdev, x-systemd.*...: fstab's, not the kernel's.
+            s if helper::is_mount8_only(s) => {
+                log::debug!("mount option {s:?} is for mount(8): ignored");
+                continue;
+            }
             "allow_other" => {
                 acl = SessionACL::All;
                 continue;
@@ -685,5 +691,8 @@ mod tests {
         assert!(parse_options(&["rw".into()]).is_err());
         let (acl, _) = parse_options(&["auto_unmount".into()]).unwrap();
         assert_eq!(acl, SessionACL::RootAndOwner);
+        let (_, o) =
+            parse_options(&["nofail,_netdev,defaults,x-systemd.automount,noexec".into()]).unwrap();
+        assert_eq!(o, vec![MountOption::NoExec]);
     }
 }

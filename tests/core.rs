@@ -231,6 +231,34 @@ fn auto_mode_follows_the_threshold_and_the_mount_state() {
         stderr(&out)
     );
     assert!(!a5.exists());
+    // A read-only view (a bind mount remounted ro, as a sandbox makes) of a
+    // filesystem writable elsewhere is not a read-only filesystem.
+    let view = t.path("view");
+    fs::create_dir(&view).unwrap();
+    run(
+        "mount",
+        &["--bind".as_ref(), mnt.as_os_str(), view.as_os_str()],
+    );
+    let v = Unmount(view.clone());
+    run(
+        "mount",
+        &["-o".as_ref(), "remount,bind,ro".as_ref(), view.as_os_str()],
+    );
+    let a6 = t.path("a6.hbb");
+    assert_ok(&hbb(&[
+        "snapshot",
+        "--volume-threshold",
+        "10",
+        s(&view),
+        s(&a6),
+    ]));
+    let i6 = info_json(&a6);
+    assert_eq!(i6["mode"], "file", "{i6}");
+    assert!(
+        i6["mode_reason"].as_str().unwrap().contains("read-write"),
+        "{i6}"
+    );
+    drop(v);
     drop(m);
 }
 
@@ -598,6 +626,13 @@ fn interrupted_by_sigint_or_sigterm_cleans_up() {
             vec![std::ffi::OsString::from("src")],
             "left behind: {left:?}"
         );
+    }
+}
+
+struct Unmount(std::path::PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
 

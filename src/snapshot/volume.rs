@@ -19,6 +19,7 @@ pub struct Mount {
     /// The root of the mount within its filesystem ("/" for a whole one).
     pub root: PathBuf,
     pub mount_point: PathBuf,
+    /// The filesystem (its superblock) is read-only.
     pub read_only: bool,
     pub source: String,
 }
@@ -63,9 +64,12 @@ pub fn mounts() -> Vec<Mount> {
         let (Ok(major), Ok(minor)) = (ma.parse(), mi.parse()) else {
             continue;
         };
-        let ro = f[5].split(',').any(|o| o == "ro")
-            || f.get(sep + 3)
-                .is_some_and(|s| s.split(',').any(|o| o == "ro"));
+        // The filesystem is read-only when its superblock is: a read-only
+        // mount (a bind, or a sandbox's ProtectSystem) of a filesystem that
+        // is writable elsewhere can still change under us.
+        let ro = f
+            .get(sep + 3)
+            .is_some_and(|s| s.split(',').any(|o| o == "ro"));
         out.push(Mount {
             major,
             minor,

@@ -42,7 +42,7 @@ pub mod exit {
     ];
 }
 
-pub const DEFAULT_BLOCK_SIZE: &str = "2MiB";
+pub const DEFAULT_BLOCK_SIZE: &str = "1MiB";
 pub const DEFAULT_THRESHOLD: u64 = 100_000;
 
 #[derive(Parser, Debug)]

@@ -633,9 +633,10 @@ impl<'a> Restorer<'a> {
     }
 
     /// The data pass: blocks decoded in parallel and in stream order; each
-    /// piece goes to one of `writers` threads, chosen by inode, so that a
-    /// file's pieces are written in order by one thread while different
-    /// files are created, written and finished on all cores at once.
+    /// piece goes to one of `writers` threads, chosen by the file's
+    /// directory, so that a file's pieces are written in order by one thread
+    /// while files of different directories are created, written and
+    /// finished on all cores at once.
     fn run_data(&self, items: Vec<(u32, Extent)>, targets: &Targets, writers: usize) -> Result<()> {
         let total = items.iter().map(|(_, e)| e.len).sum();
         let progress = Progress::new(total, self.o.quiet);
@@ -664,7 +665,10 @@ impl<'a> Restorer<'a> {
                         Err(e) => Err(e.to_string()),
                     },
                 };
-                txs[p.ino as usize % writers]
+                // By parent directory: files of one directory go to one
+                // writer, so writers do not contend for a directory's lock.
+                let parent = self.place[p.ino as usize].map_or(0, |(d, _)| d);
+                txs[parent as usize % writers]
                     .send(piece)
                     .map_err(|_| Error::Other("a restore writer stopped".into()))
             });

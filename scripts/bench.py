@@ -747,11 +747,36 @@ class Bench:
                 f"user+sys {r['user'] + r['sys']:.1f} s, rss {r['rss'] / MiB:.0f} MiB")
         self.save("snapshot", res)
 
+    def fresh_restore_fs(self):
+        """A new, empty ext4 filesystem for each restore: restoring into a
+        filesystem that just deleted the previous restore's 80k files makes
+        ext4's inode allocator skip its recently freed inodes (the kernel's
+        recently_deleted()), and would charge that to whichever tool came
+        next."""
+        fs_dir = os.path.join(self.work, "restore-fs")
+        img = os.path.join(self.cache, "restore-fs.img")
+        os.makedirs(fs_dir, exist_ok=True)
+        subprocess.run(["umount", fs_dir], capture_output=True)
+        rm(img)
+        with open(img, "wb") as f:
+            f.truncate(8 << 30)
+        # Inode tables and journal initialised now, not by a kernel thread
+        # writing in the background while a restore is timed.
+        self.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img])
+        self.run(["mount", "-o", "loop", img, fs_dir])
+        return fs_dir
+
+    def drop_restore_fs(self):
+        fs_dir = os.path.join(self.work, "restore-fs")
+        subprocess.run(["umount", fs_dir], capture_output=True)
+        rm(os.path.join(self.cache, "restore-fs.img"))
+
     def fig_restore(self):
-        """Figure 2: restore of the whole archive, page cache dropped first."""
+        """Figure 2: restore of the whole archive, page cache dropped first,
+        each run into a new ext4 filesystem."""
         res = {"K": {}, "V": {}}
         kfiles = count_files(self.K)
-        dest = os.path.join(self.work, "restore")
+        dest = os.path.join(self.fresh_restore_fs(), "out")
         for tool, name, bs in (("hbb", "K.hbb", None), ("tar+zstd", "K.tar.zst", None),
                                ("squashfs", "K-128K.sqfs", None), ("squashfs-1M", "K-1M.sqfs", MiB),
                                ("borg", "K.borg", None), ("restic", "K.restic", None)):
@@ -759,7 +784,7 @@ class Bench:
             self.ensure(tool, self.K, arc, bs)
             say(f"restore K: {tool}")
             setup, cmd, cwd = self.restore_cmd(tool, arc, dest)
-            r = self.timed(cmd, setup=setup, cwd=cwd, cold=True)
+            r = self.timed(cmd, setup=lambda: (self.fresh_restore_fs(), setup()), cwd=cwd, cold=True)
             got = count_files(dest)
             r["check"] = "ok" if got == kfiles else f"MISMATCH: {got} files/bytes, source {kfiles}"
             say(f"  {r['wall']:.2f} s, user+sys {r['user'] + r['sys']:.1f} s; files {r['check']}")
@@ -771,11 +796,12 @@ class Bench:
             self.ensure(tool, self.V, arc)
             say(f"restore V: {tool}")
             setup, cmd, cwd = self.restore_cmd(tool, arc, dest)
-            r = self.timed(cmd, setup=setup, cwd=cwd, cold=True)
+            r = self.timed(cmd, setup=lambda: (self.fresh_restore_fs(), setup()), cwd=cwd, cold=True)
             r["check"] = "ok" if os.path.getsize(dest) == vsize else "MISMATCH: size"
             say(f"  {r['wall']:.2f} s, user+sys {r['user'] + r['sys']:.1f} s; size {r['check']}")
             res["V"][tool] = r
             rm(dest)
+        self.drop_restore_fs()
         self.save("restore", res)
 
     def mount_tools(self):
@@ -1078,8 +1104,9 @@ def render(results_dir, out, mode):
         w("> **Quick run**: small corpora and one repetition, to check that the script works. "
           "These numbers are not the benchmark.")
         w("")
-    w("> **These numbers come from a shared, noisy machine** (other builds and tests were running); "
-      "re-run `scripts/bench.sh` on a quiet machine before quoting them.")
+    w("> The machine is a shared 2-core VM whose timings vary from run to run (the *runs s* columns show "
+      "each figure's fastest and slowest repetition); compare tools within one table, as ratios, and re-run on a quiet "
+      "machine before quoting a figure measured under load (see the load average below).")
     w("")
     if meta:
         w("## Machine and versions")
@@ -1102,7 +1129,9 @@ def render(results_dir, out, mode):
       "A timed command runs `--reps` times; the median run is shown.")
     w("- Snapshots read a source already in the page cache; their time includes getting the archive to disk "
       "(hbb, borg and restic fsync; the other commands are followed by `sync FILE` inside the timing). "
-      "Restores and reads through a mount start with the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`).")
+      "Restores and reads through a mount start with the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`); "
+      "each restore writes into a new, empty ext4 filesystem (a loop image), since ext4 slows down creating files "
+      "right after deleting many (its allocator skips recently freed inodes).")
     w("- Random reads: 4 KiB `pread`s with `POSIX_FADV_RANDOM` in L through each mount. *Cold*: page cache "
       "dropped once, then every read lands in a region of the file (max(block, 8 MiB)) that no earlier read "
       "touched. *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "

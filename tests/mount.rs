@@ -109,18 +109,6 @@ fn is_mounted(p: &Path) -> bool {
     mount_line(p).is_some()
 }
 
-#[track_caller]
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Pids of `hbb mount` processes serving `mp`.
 fn daemons(mp: &Path) -> Vec<i32> {
     let want = mp.as_os_str().as_bytes();

@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::Value;
@@ -75,18 +75,6 @@ fn mounted(p: &Path) -> Option<(String, String)> {
         }
     }
     found
-}
-
-#[track_caller]
-fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Processes whose command line holds `needle` (an archive's unique path).

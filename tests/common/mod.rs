@@ -51,6 +51,19 @@ pub fn hbb_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run hbb")
 }
 
+/// Polls `cond` every 20 ms; fails the test after `secs` seconds.
+#[track_caller]
+pub fn wait_until(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(secs),
+            "timed out: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

@@ -600,12 +600,7 @@ fn mount_errors_say_why() {
         .arg(&mp)
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("/dev/fuse does not exist"),
-        "{}",
-        stderr(&o)
-    );
+    assert_fails(&o, 1, "/dev/fuse does not exist");
 }
 
 #[test]

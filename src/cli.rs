@@ -65,6 +65,10 @@ pub struct Cli {
     /// -qq: errors only.
     #[arg(short = 'q', long = "quiet", action = ArgAction::Count, global = true)]
     pub quiet: u8,
+    /// Where the jobs and their history live (the master's database)
+    /// [default: $HBB_HOME, or /var/lib/hbb as root, ~/.local/state/hbb otherwise].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -85,6 +89,20 @@ pub enum Cmd {
     Mount(MountArgs),
     /// Unmount an archive mounted with `hbb mount`.
     Umount(UmountArgs),
+    /// Create a repository, rebuild its catalog, export a snapshot as one archive file.
+    Repo(RepoArgs),
+    /// List the snapshots of a repository.
+    List(ListArgs),
+    /// Delete the snapshots retention rules do not keep, and reclaim their space.
+    Prune(PruneArgs),
+    /// Scheduled backup jobs: add, list, rm, run.
+    Job(JobArgs),
+    /// The scheduler: runs each job when due (see `hbb job`).
+    Daemon(DaemonArgs),
+    /// Each job's last run, result, next run, size and growth.
+    Status(StatusArgs),
+    /// Every run, newest first (of one job or source path, if given).
+    History(HistoryArgs),
     /// Print the completion script for SHELL on stdout.
     Completions(CompletionsArgs),
     /// `hbb man DIR`: writes the man pages (hbb.1 and hbb-COMMAND.1) into
@@ -92,6 +110,13 @@ pub enum Cmd {
     /// completions offer it: [`parse`] recognises it.
     #[command(skip)]
     Man(ManArgs),
+    /// `hbb mount-archives MOUNTPOINT ARCHIVE...`: for tests only, until
+    /// `hbb mount REPO MOUNTPOINT` replaces it; mounts the ARCHIVE files
+    /// together, each as a directory named by its file's stem (a
+    /// multi-archive mount, opened lazily). Hidden as `man` is (recognised
+    /// by [`parse`]): clap's `hide` still lets bash complete it.
+    #[command(skip)]
+    MountArchives(MountArchivesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +151,204 @@ pub struct SnapshotArgs {
     #[arg(long)]
     pub allow_mounted_rw: bool,
     /// Print a JSON summary on stdout (on stderr when the archive goes to stdout).
+    #[arg(long)]
+    pub json: bool,
+    /// Into a repository: the snapshot's name [default: SOURCE's name and the time].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Into a repository: a tag for the snapshot. Repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Into a repository: wait up to this long for another writer to finish (30s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// The job this snapshot runs for (set by `hbb job run`).
+    #[arg(long, hide = true)]
+    pub job: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RepoArgs {
+    #[command(subcommand)]
+    pub cmd: RepoCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepoCmd {
+    /// Create an empty repository at REPO (a new or empty directory).
+    Init { repo: PathBuf },
+    /// Rebuild the catalog (catalog.db) from the snapshot files.
+    RebuildCatalog { repo: PathBuf },
+    /// Write snapshot REPO::NAME as one self-contained archive FILE.
+    Export { snapshot: PathBuf, file: PathBuf },
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    pub repo: PathBuf,
+    /// Print the list as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Retention rules, as borg and restic define them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KeepArgs {
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// ... of each of the last N days.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// ... of each of the last N ISO weeks.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// ... of each of the last N months.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// ... of each of the last N years.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep every snapshot newer than this (2d, 12h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub keep_within: Option<std::time::Duration>,
+}
+
+impl KeepArgs {
+    pub fn policy(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within_secs: self.keep_within.map(|d| d.as_secs()),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    pub repo: PathBuf,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Only the snapshots of this source path (as the snapshots record it, absolute).
+    #[arg(long, value_name = "PATH")]
+    pub source: Option<PathBuf>,
+    /// Show what would be deleted; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Wait up to this long for another writer to finish.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "0s")]
+    pub lock_wait: std::time::Duration,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[command(subcommand)]
+    pub cmd: JobCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Add (or with --replace, change) a job.
+    Add(JobAddArgs),
+    /// List the jobs.
+    List {
+        /// As JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a job (its snapshots and history stay).
+    Rm { name: String },
+    /// Run a job now, in the foreground; exits non-zero if it failed or was incomplete.
+    Run {
+        name: String,
+        /// The run record the daemon made for this run.
+        #[arg(long, hide = true)]
+        run_id: Option<i64>,
+        /// Why it runs (manual, schedule, catch-up, retry).
+        #[arg(long, hide = true, default_value = "manual")]
+        trigger: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct JobAddArgs {
+    pub name: String,
+    /// What to back up.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// The repository to back up into (see `hbb repo init`).
+    #[arg(long)]
+    pub repo: PathBuf,
+    /// When: a cron expression (5 fields, or 6 with seconds first),
+    /// hourly, daily [HH:MM], weekly [DAY] [HH:MM], monthly, yearly, or every 10m / 2h / 30s.
+    #[arg(long)]
+    pub schedule: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub mode: ModeChoice,
+    #[command(flatten)]
+    pub keep: KeepArgs,
+    /// Leave out entries matching GLOB. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    #[arg(long, value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    #[arg(long, allow_hyphen_values = true)]
+    pub level: Option<i32>,
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Tag for its snapshots. Repeatable.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+    /// Replace a job of the same name.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Stay in the foreground, logging to stderr (for systemd); otherwise
+    /// go to the background and log to HOME/daemon.log.
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// At most this many jobs run at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_jobs: usize,
+    /// A failed run is tried again this many times.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+    /// Wait before the first retry; doubled for each next one.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1m")]
+    pub retry_delay: std::time::Duration,
+    /// On SIGTERM, let running snapshots finish instead of abandoning them.
+    #[arg(long)]
+    pub finish_on_stop: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// As JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// A job name or a source path.
+    pub what: Option<String>,
+    /// Show at most N runs.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    pub limit: usize,
+    /// As JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -239,6 +462,23 @@ pub struct ManArgs {
     pub dir: PathBuf,
 }
 
+/// For tests only, to be replaced by `hbb mount REPO MOUNTPOINT`: mounts the
+/// ARCHIVE files on MOUNTPOINT together, each as a directory named by its
+/// file's stem.
+#[derive(Parser, Debug)]
+#[command(name = "mount-archives", bin_name = "hbb mount-archives")]
+pub struct MountArchivesArgs {
+    pub mountpoint: PathBuf,
+    #[arg(required = true)]
+    pub archives: Vec<PathBuf>,
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    #[arg(long, value_name = "SIZE", default_value = crate::mount::DEFAULT_CACHE, value_parser = parse_size)]
+    pub cache: u64,
+    #[arg(long, short = 't')]
+    pub threads: Option<usize>,
+}
+
 /// The command line's definition, as `--help`, the man pages and the
 /// completions show it.
 pub fn command() -> clap::Command {
@@ -261,6 +501,16 @@ pub fn parse() -> Cli {
             cmd: Cmd::Man(ManArgs::from_arg_matches(&m).unwrap_or_else(|e| e.exit())),
             verbose: 0,
             quiet: 0,
+            home: None,
+        };
+    }
+    if args.get(1).is_some_and(|a| a == "mount-archives") {
+        let a = MountArchivesArgs::parse_from(&args[1..]);
+        return Cli {
+            cmd: Cmd::MountArchives(a),
+            verbose: 0,
+            quiet: 0,
+            home: None,
         };
     }
     let (args, mount_helper) = crate::mount::helper::rewrite_args(args);
@@ -312,6 +562,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(v as u64)
+}
+
+/// Parses 30s, 5m, 2h, 1d, 1h30m (humantime).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (try 30s, 5m, 2h, 1d)"))
 }
 
 pub fn default_threads() -> usize {

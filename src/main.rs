@@ -57,9 +57,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 one_file_system: a.one_file_system,
                 allow_mounted_rw: a.allow_mounted_rw,
                 quiet,
+                repo: None,
             };
-            let out = snapshot::snapshot(&opts)
-                .with_context(|| format!("snapshot of {} failed", a.source.display()))?;
+            let into_repo = hbb::repo::is_repo(&a.archive);
+            if !into_repo && (a.name.is_some() || !a.tags.is_empty()) {
+                anyhow::bail!(
+                    "--name and --tag are for snapshots into a repository, and {} is not one (create it with `hbb repo init`)",
+                    a.archive.display()
+                );
+            }
+            let mut row = None;
+            let out = if into_repo {
+                let rs = hbb::repo::ops::RepoSnapshot {
+                    name: a.name.clone(),
+                    tags: a.tags.clone(),
+                    job: a.job.clone().unwrap_or_default(),
+                    lock_wait: a.lock_wait,
+                };
+                let made = hbb::repo::ops::snapshot_into(opts, rs)
+                    .with_context(|| format!("snapshot of {} failed", a.source.display()))?;
+                info!(
+                    "snapshot {} in {}: {} of data, {} files reused from {}, {} bytes new",
+                    made.row.name,
+                    a.archive.display(),
+                    made.row.size,
+                    made.row.reused_files,
+                    if made.row.parent.is_empty() {
+                        "no parent"
+                    } else {
+                        &made.row.parent
+                    },
+                    made.row.bytes_stored
+                );
+                row = Some(made.row);
+                made.outcome
+            } else {
+                snapshot::snapshot(&opts)
+                    .with_context(|| format!("snapshot of {} failed", a.source.display()))?
+            };
             let secs = t0.elapsed().as_secs_f64();
             let m = &out.meta;
             let s = &m.stats;
@@ -76,6 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "warnings": m.warnings,
                     "stats": s,
                     "seconds": secs,
+                    "snapshot": row,
                 });
                 let text = serde_json::to_string_pretty(&j)?;
                 if a.archive.as_os_str() == "-" {
@@ -109,7 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Restore(a) => {
             let opts = restore::Options {
-                archive: a.archive.clone(),
+                archive: hbb::repo::ops::resolve(&a.archive)?,
                 dest: a.dest.clone(),
                 paths: a
                     .paths
@@ -153,9 +189,51 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        Cmd::Verify(a) if hbb::repo::is_repo(&a.archive) => {
+            // Every snapshot of the repository.
+            let threads = a.threads.unwrap_or_else(default_threads).max(1);
+            let repo = hbb::repo::Repo::open(&a.archive)?;
+            let mut all_ok = true;
+            let mut reports = Vec::new();
+            for name in repo.snapshot_names()? {
+                let p = repo.snapshot_path(&name);
+                let r = verify::verify(&p, None, threads)
+                    .with_context(|| format!("verify of {}::{name} failed", a.archive.display()))?;
+                all_ok &= r.ok;
+                if !a.json {
+                    for b in &r.bad_blocks {
+                        error!(
+                            "{name}: bad block {} at offset {}: {}",
+                            b.block, b.offset, b.error
+                        );
+                    }
+                    info!(
+                        "{name}: {} frames, {} bytes checked: {}",
+                        r.frames_checked,
+                        r.bytes_checked,
+                        if r.ok { "OK" } else { "FAILED" }
+                    );
+                }
+                reports.push(serde_json::json!({"snapshot": name, "report": r}));
+            }
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({"ok": all_ok, "snapshots": reports})
+                    )?
+                );
+            }
+            Ok(if all_ok {
+                exit::OK
+            } else {
+                exit::VERIFY_FAILED
+            })
+        }
         Cmd::Verify(a) => {
             let threads = a.threads.unwrap_or_else(default_threads).max(1);
-            let r = verify::verify(&a.archive, a.source.as_deref(), threads)
+            let path = hbb::repo::ops::resolve(&a.archive)?;
+            let r = verify::verify(&path, a.source.as_deref(), threads)
                 .with_context(|| format!("verify of {} failed", a.archive.display()))?;
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
@@ -185,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(if r.ok { exit::OK } else { exit::VERIFY_FAILED })
         }
         Cmd::Info(a) => {
-            let ar = Archive::open(&a.archive)?;
+            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
             let i = inspect::info(&ar);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&i)?);
@@ -195,7 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Ls(a) => {
-            let ar = Archive::open(&a.archive)?;
+            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let path = a.path.unwrap_or_default();
             inspect::ls(
@@ -209,15 +287,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Cat(a) => {
-            let ar = Archive::open(&a.archive)?;
+            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             inspect::cat(&ar, a.path.as_os_str().as_bytes(), &mut out)?;
             Ok(exit::OK)
         }
         Cmd::Mount(a) => {
+            let target = if hbb::repo::is_repo(&a.archive) {
+                repo_mount_target(&a.archive)?
+            } else {
+                hbb::mount::Target::Archive(hbb::repo::ops::resolve(&a.archive)?)
+            };
             let mut opts = hbb::mount::Options {
-                archive: a.archive.clone(),
+                target,
                 mountpoint: a.mountpoint.clone(),
                 foreground: a.foreground,
                 cache_bytes: a.cache,
@@ -231,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 opts.cache_bytes = m.cache.unwrap_or(opts.cache_bytes);
                 opts.threads = m.threads.unwrap_or(opts.threads);
             }
-            hbb::mount::mount(&opts).with_context(|| {
+            hbb::mount::mount(opts).with_context(|| {
                 format!(
                     "cannot mount {} on {}",
                     a.archive.display(),
@@ -242,6 +325,195 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Umount(a) => {
             hbb::mount::umount(&a.mountpoint, a.lazy)?;
+            Ok(exit::OK)
+        }
+        Cmd::Repo(r) => repo_cmd(r.cmd),
+        Cmd::List(a) => {
+            let repo = hbb::repo::Repo::open(&a.repo)?;
+            let cat = hbb::repo::catalog::Catalog::open(&repo)?;
+            let rows = cat.snapshots()?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<32} {:<19} {:<6} {:>10} {:>10} {:>7} {:<10} SOURCE",
+                    "NAME", "TIME", "MODE", "SIZE", "NEW", "FILES", "STATUS"
+                )?;
+                for r in &rows {
+                    writeln!(
+                        out,
+                        "{:<32} {:<19} {:<6} {:>10} {:>10} {:>7} {:<10} {}:{}{}",
+                        r.name,
+                        hbb::master::local(r.started_ns).format("%Y-%m-%d %H:%M:%S"),
+                        r.mode,
+                        human(r.size),
+                        human(r.bytes_stored),
+                        r.files,
+                        r.status,
+                        r.host,
+                        r.source,
+                        if r.tags.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" [{}]", r.tags.join(","))
+                        }
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Prune(a) => {
+            let o = hbb::repo::prune::Options {
+                policy: a.keep.policy(),
+                dry_run: a.dry_run,
+                lock_wait: a.lock_wait,
+                source: a.source.as_ref().map(|s| {
+                    std::path::absolute(s)
+                        .unwrap_or_else(|_| s.clone())
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            };
+            let r = hbb::repo::prune::prune(&a.repo, &o)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for d in &r.snapshots {
+                    info!(
+                        "{} {:<32} {}  {}",
+                        if d.keep {
+                            "keep  "
+                        } else if r.dry_run {
+                            "would prune"
+                        } else {
+                            "pruned"
+                        },
+                        d.name,
+                        d.time,
+                        d.reason
+                    );
+                }
+                if let Some(why) = &r.gc_skipped {
+                    warn!("space not reclaimed: {why}");
+                } else if !r.dry_run {
+                    info!(
+                        "{} snapshots removed; {} packs deleted, {} repacked ({} snapshots rewritten); {} freed",
+                        r.removed.len(),
+                        r.packs_deleted,
+                        r.packs_repacked,
+                        r.snapshots_rewritten,
+                        human(r.bytes_freed.max(0) as u64)
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Cmd::Job(j) => job_cmd(cli.home.as_deref(), j.cmd, quiet),
+        Cmd::Daemon(a) => {
+            let home = hbb::master::home(cli.home.as_deref());
+            if !a.foreground {
+                daemonize(&home)?;
+            }
+            hbb::master::daemon(
+                &home,
+                &hbb::master::DaemonOptions {
+                    max_jobs: a.max_jobs.max(1),
+                    retries: a.retries,
+                    retry_delay: a.retry_delay,
+                    finish_on_stop: a.finish_on_stop,
+                    verbose: cli.verbose,
+                },
+            )?;
+            Ok(exit::OK)
+        }
+        Cmd::Status(a) => {
+            let home = hbb::master::home(cli.home.as_deref());
+            let st = hbb::master::status(&home)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<2}{:<16} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  SOURCE → REPO",
+                    "", "JOB", "LAST", "LAST RUN", "NEXT RUN", "SIZE", "GROWTH/DAY", "SNAP"
+                )?;
+                for s in &st {
+                    writeln!(
+                        out,
+                        "{:<2}{:<16} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  {} → {}",
+                        if s.attention { "!" } else { "" },
+                        s.job,
+                        if s.running { "running" } else { &s.last_status },
+                        s.last_run,
+                        s.next_run,
+                        human(s.size),
+                        s.growth_per_day
+                            .map(|g| format!(
+                                "{}{}",
+                                if g < 0.0 { "-" } else { "+" },
+                                human(g.abs() as u64)
+                            ))
+                            .unwrap_or_default(),
+                        s.snapshots,
+                        s.source,
+                        s.repo
+                    )?;
+                    if s.attention && !s.last_message.is_empty() {
+                        writeln!(out, "    {}", s.last_message)?;
+                    }
+                }
+            }
+            Ok(if st.iter().any(|s| s.attention) {
+                exit::INCOMPLETE
+            } else {
+                exit::OK
+            })
+        }
+        Cmd::History(a) => {
+            let home = hbb::master::home(cli.home.as_deref());
+            let m = hbb::master::Master::open(&home)?;
+            let what = a.what.as_deref().map(|w| {
+                if std::path::Path::new(w).exists() {
+                    std::path::absolute(w)
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| w.to_string())
+                } else {
+                    w.to_string()
+                }
+            });
+            let runs = m.runs(what.as_deref(), a.limit)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&runs)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<19} {:<16} {:<9} {:<11} {:>8} {:>10} {:>10}  SNAPSHOT / MESSAGE",
+                    "STARTED", "JOB", "TRIGGER", "STATUS", "SECONDS", "SIZE", "NEW"
+                )?;
+                for r in &runs {
+                    writeln!(
+                        out,
+                        "{:<19} {:<16} {:<9} {:<11} {:>8.1} {:>10} {:>10}  {}{}",
+                        r.started,
+                        r.job,
+                        r.trigger,
+                        r.status,
+                        r.seconds,
+                        human(r.size),
+                        human(r.bytes_stored),
+                        r.snapshot,
+                        if r.message.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", r.message)
+                        }
+                    )?;
+                }
+            }
             Ok(exit::OK)
         }
         Cmd::Completions(a) => {
@@ -255,5 +527,221 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .with_context(|| format!("cannot write the man pages into {}", a.dir.display()))?;
             Ok(exit::OK)
         }
+        Cmd::MountArchives(a) => {
+            let opts = hbb::mount::Options {
+                target: hbb::mount::archive_files(&a.archives)?,
+                mountpoint: a.mountpoint.clone(),
+                foreground: a.foreground,
+                cache_bytes: a.cache,
+                threads: a.threads.unwrap_or_else(default_threads).max(1),
+                options: Vec::new(),
+            };
+            hbb::mount::mount(opts)
+                .with_context(|| format!("cannot mount on {}", a.mountpoint.display()))?;
+            Ok(exit::OK)
+        }
     }
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut k = 0;
+    while v >= 1024.0 && k < U.len() - 1 {
+        v /= 1024.0;
+        k += 1;
+    }
+    if k == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[k])
+    }
+}
+
+/// Every snapshot of a repository as a directory, opened when first looked into.
+fn repo_mount_target(path: &std::path::Path) -> anyhow::Result<hbb::mount::Target> {
+    let repo = hbb::repo::Repo::open(path)?;
+    let cat = hbb::repo::catalog::Catalog::open(&repo)?;
+    let times: std::collections::HashMap<String, i64> = cat
+        .snapshots()?
+        .into_iter()
+        .map(|r| (r.name, r.started_ns))
+        .collect();
+    let mut entries = Vec::new();
+    for name in repo.snapshot_names()? {
+        let ns = times.get(&name).copied().unwrap_or(0).max(0) as u64;
+        let root = repo.root.clone();
+        let n = name.clone();
+        entries.push(hbb::mount::Entry {
+            name: name.into_bytes(),
+            time: std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
+            open: Box::new(move || hbb::repo::Repo::open(&root)?.open_snapshot(&n)),
+        });
+    }
+    Ok(hbb::mount::Target::Many {
+        label: repo.root.clone(),
+        entries,
+    })
+}
+
+fn repo_cmd(cmd: hbb::cli::RepoCmd) -> anyhow::Result<u8> {
+    use hbb::cli::RepoCmd;
+    match cmd {
+        RepoCmd::Init { repo } => {
+            let r = hbb::repo::Repo::init(&repo)?;
+            info!(
+                "created repository {} (id {})",
+                r.root.display(),
+                r.config.id
+            );
+        }
+        RepoCmd::RebuildCatalog { repo } => {
+            let r = hbb::repo::Repo::open(&repo)?;
+            let _lock = r.lock(
+                "hbb repo rebuild-catalog",
+                std::time::Duration::from_secs(60),
+            )?;
+            let mut c = hbb::repo::catalog::Catalog::open(&r)?;
+            c.rebuild(&r)?;
+            info!(
+                "{}: catalog rebuilt from {} snapshots",
+                repo.display(),
+                c.snapshots()?.len()
+            );
+        }
+        RepoCmd::Export { snapshot, file } => {
+            let src = hbb::repo::ops::resolve(&snapshot)?;
+            let n = hbb::repo::ops::export(&src, &file)
+                .with_context(|| format!("export of {} failed", snapshot.display()))?;
+            info!("{} written ({n} bytes of frames)", file.display());
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn job_cmd(
+    home: Option<&std::path::Path>,
+    cmd: hbb::cli::JobCmd,
+    quiet: bool,
+) -> anyhow::Result<u8> {
+    use hbb::cli::JobCmd;
+    let home = hbb::master::home(home);
+    match cmd {
+        JobCmd::Add(a) => {
+            let m = hbb::master::Master::open(&home)?;
+            let abs =
+                |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            let job = hbb::master::Job {
+                name: a.name.clone(),
+                source: abs(&a.source),
+                repo: abs(&a.repo),
+                schedule: a.schedule.clone(),
+                mode: format!("{:?}", a.mode).to_lowercase(),
+                keep: a.keep.policy(),
+                excludes: a.exclude.clone(),
+                block_size: a.block_size,
+                level: a.level,
+                one_file_system: a.one_file_system,
+                tags: a.tags.clone(),
+                created_ns: hbb::master::now_ns(),
+            };
+            m.add_job(&job, a.replace)?;
+            let next = hbb::schedule::Schedule::parse(&job.schedule)
+                .ok()
+                .and_then(|s| s.next_after(chrono::Local::now()))
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "never".into());
+            info!(
+                "job {} added: {} → {}, {}; next run {next}",
+                job.name,
+                job.source.display(),
+                job.repo.display(),
+                job.schedule
+            );
+            Ok(exit::OK)
+        }
+        JobCmd::List { json } => {
+            let m = hbb::master::Master::open(&home)?;
+            let jobs = m.jobs()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "{:<16} {:<20} {:<24} SOURCE → REPO",
+                    "JOB", "SCHEDULE", "KEEP"
+                )?;
+                for j in &jobs {
+                    writeln!(
+                        out,
+                        "{:<16} {:<20} {:<24} {} → {}",
+                        j.name,
+                        j.schedule,
+                        if j.keep.is_empty() {
+                            "everything".to_string()
+                        } else {
+                            j.keep.describe()
+                        },
+                        j.source.display(),
+                        j.repo.display()
+                    )?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        JobCmd::Rm { name } => {
+            hbb::master::Master::open(&home)?.rm_job(&name)?;
+            info!("job {name} removed (its snapshots and history stay)");
+            Ok(exit::OK)
+        }
+        JobCmd::Run {
+            name,
+            run_id,
+            trigger,
+        } => {
+            let (code, row) = hbb::master::run_job(&home, &name, run_id, &trigger, quiet)?;
+            match row.status.as_str() {
+                "ok" => info!("job {name}: ok, snapshot {}", row.snapshot),
+                "incomplete" => warn!(
+                    "job {name}: incomplete, snapshot {}: {}",
+                    row.snapshot, row.message
+                ),
+                _ => error!("job {name}: {}: {}", row.status, row.message),
+            }
+            Ok(code)
+        }
+    }
+}
+
+/// Goes to the background: forks, starts a new session, logs to HOME/daemon.log.
+fn daemonize(home: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(home)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("daemon.log"))
+        .with_context(|| format!("cannot open {}/daemon.log", home.display()))?;
+    // SAFETY: no other thread runs yet; the child only continues as this program.
+    match unsafe { libc::fork() } {
+        -1 => anyhow::bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {}
+        pid => {
+            info!(
+                "daemon started in the background (pid {pid}); log: {}/daemon.log",
+                home.display()
+            );
+            std::process::exit(0);
+        }
+    }
+    // SAFETY: plain system calls on descriptors we own.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        libc::dup2(null, 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
 }

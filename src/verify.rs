@@ -42,6 +42,19 @@ pub struct Report {
     pub entries_compared: u64,
 }
 
+/// Where a block's frame is: (pack id or none for this archive, offset).
+type FrameKey = (Option<[u8; 16]>, u64);
+
+fn frame_key(a: &Archive, i: usize) -> Option<FrameKey> {
+    match a.index.blocks[i].loc {
+        BlockLoc::Zero => None,
+        BlockLoc::Frame { offset, .. } => Some((None, offset)),
+        BlockLoc::External { source, offset, .. } => {
+            Some((Some(a.index.sources[source as usize].archive_id), offset))
+        }
+    }
+}
+
 pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Report> {
     let a = Archive::open(path)?;
     let mut r = Report {
@@ -52,18 +65,13 @@ pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Repo
     // Each distinct frame once.
     let mut seen = HashSet::new();
     let mut list = Vec::new();
-    let mut external = Vec::new();
     for (i, b) in a.index.blocks.iter().enumerate() {
-        match b.loc {
-            BlockLoc::Zero => {}
-            BlockLoc::Frame { offset, .. } => {
-                // Blocks sharing a frame are decoded once, unless they
-                // disagree on what it holds.
-                if seen.insert((offset, b.len, b.hash)) {
-                    list.push(i as u64);
-                }
-            }
-            BlockLoc::External { .. } => external.push(i as u64),
+        // Blocks sharing a frame are decoded once, unless they disagree on
+        // what it holds.
+        if let Some(k) = frame_key(&a, i)
+            && seen.insert((k, b.len, b.hash))
+        {
+            list.push(i as u64);
         }
     }
     let mut bad: Vec<(u64, String)> = Vec::new();
@@ -77,24 +85,19 @@ pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Repo
         }
         Ok(())
     })?;
-    for b in external {
-        bad.push((
-            b,
-            "block is held outside this archive and no store is attached".into(),
-        ));
-    }
     if !bad.is_empty() {
-        let bad_offsets: HashMap<u64, usize> = bad
+        let bad_offsets: HashMap<FrameKey, usize> = bad
             .iter()
             .enumerate()
-            .map(|(k, (b, _))| (a.block_offset(*b), k))
+            .filter_map(|(k, (b, _))| Some((frame_key(&a, *b as usize)?, k)))
             .collect();
         let users = a.block_users();
         let paths = a.paths();
         let mut files: Vec<BTreeSet<String>> = vec![BTreeSet::new(); bad.len()];
         for (i, blk) in a.index.blocks.iter().enumerate() {
-            if let BlockLoc::Frame { offset, .. } = blk.loc
-                && let Some(&k) = bad_offsets.get(&offset)
+            let _ = blk;
+            if let Some(key) = frame_key(&a, i)
+                && let Some(&k) = bad_offsets.get(&key)
             {
                 for &ino in &users[i] {
                     files[k].insert(String::from_utf8_lossy(&paths[ino as usize]).into_owned());

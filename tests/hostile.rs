@@ -86,7 +86,7 @@ fn craft(path: &Path, frames: Vec<(Vec<u8>, u32, [u8; 32])>, edit: impl FnOnce(&
         sources: Vec::new(),
     };
     edit(&mut index);
-    w.finish(&index, 3).unwrap();
+    w.finish(&index, &Default::default(), 3).unwrap();
 }
 
 fn block(data: &[u8]) -> (Vec<u8>, u32, [u8; 32]) {

@@ -110,6 +110,7 @@ proptest! {
             one_file_system: false,
             allow_mounted_rw: false,
             quiet: true,
+            repo: None,
         };
         let out = hbb::snapshot::snapshot(&o).unwrap();
         prop_assert!(out.meta.warnings.is_empty(), "{:?}", out.meta.warnings);

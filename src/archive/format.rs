@@ -1,4 +1,4 @@
-//! The on-disk format of an hbb archive, version 1.0.
+//! The on-disk format of an hbb archive, version 1.1.
 //!
 //! docs/FORMAT.md is the specification; this module mirrors it, constant for
 //! constant. An archive is, front to back:
@@ -29,7 +29,7 @@ pub const FOOTER_MAGIC: [u8; 8] = *b"HBBINDEX";
 /// Major version: readers refuse archives with a major version they do not know.
 pub const VERSION_MAJOR: u16 = 1;
 /// Minor version: additions that older readers of the same major can ignore.
-pub const VERSION_MINOR: u16 = 0;
+pub const VERSION_MINOR: u16 = 1;
 
 /// Flag bits a reader of this version understands. A writer sets a flag
 /// for a feature old readers must not ignore; a reader refuses any flag
@@ -381,4 +381,39 @@ pub struct Meta {
     /// Names of the owners seen, for restoring by name.
     pub users: Vec<IdName>,
     pub groups: Vec<IdName>,
+}
+
+// ---------------------------------------------------------------------------
+// 1.1: the extension record, encoded with postcard right after the `Index`
+// inside the same index frame. 1.0 readers stop decoding after `Index` and
+// never see it; a 1.1 reader takes an index that ends after `Index` (every
+// 1.0 archive) as carrying `Extension::default()`.
+
+/// What 1.1 adds to an archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Extension {
+    /// Set in snapshots that live in a repository; `None` in archive files.
+    pub snapshot: Option<SnapshotInfo>,
+}
+
+/// A repository snapshot's own facts, kept in the snapshot so that the
+/// repository's catalog can be rebuilt from the snapshots alone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SnapshotInfo {
+    /// The repository's id (its `hbb-repo` file); guards against a snapshot
+    /// file copied into another repository.
+    pub repo_id: [u8; 16],
+    /// The snapshot's name in the repository (its file is `snapshots/NAME.hbb`).
+    pub name: String,
+    pub tags: Vec<String>,
+    /// The job that made it, or empty.
+    pub job: String,
+    /// The snapshot of the same source this one was made against, or empty.
+    pub parent: String,
+    /// Regular files taken from the parent unread (same size, mtime, ctime, inode).
+    pub reused_files: u64,
+    /// Per inode (same order as `Index::inodes`): the source file's device
+    /// and inode number, for the next snapshot's unchanged-file test; zero
+    /// where unknown.
+    pub source_ids: Vec<(u64, u64)>,
 }

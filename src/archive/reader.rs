@@ -34,20 +34,43 @@ impl Source for Vec<u8> {
     }
 }
 
+/// Where `BlockLoc::External` frames are read from (a repository's packs).
+pub trait FrameStore: Send + Sync {
+    /// Reads the `buf.len()` bytes at `offset` of `source`.
+    fn read_frame(
+        &self,
+        source: &ExternalSource,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::io::Result<()>;
+}
+
 pub struct Archive {
     file: Box<dyn Source>,
     pub path: PathBuf,
     pub header: Header,
     pub footer: Footer,
     pub index: Index,
+    /// What format 1.1 adds (default for 1.0 archives).
+    pub ext: Extension,
     pub file_len: u64,
+    store: Option<std::sync::Arc<dyn FrameStore>>,
 }
 
 impl Archive {
     pub fn open(path: &Path) -> Result<Archive> {
         let file = File::open(path).at(path)?;
         let file_len = file.metadata().at(path)?.len();
-        Archive::from_source(Box::new(file), file_len, path)
+        let mut a = Archive::from_source(Box::new(file), file_len, path)?;
+        if !a.index.sources.is_empty() {
+            a.store = crate::repo::store_for(path, &a)?;
+        }
+        Ok(a)
+    }
+
+    /// Reads `External` blocks from `store`.
+    pub fn attach_store(&mut self, store: std::sync::Arc<dyn FrameStore>) {
+        self.store = Some(store);
     }
 
     /// Opens an archive held in memory; `name` is used in messages.
@@ -154,15 +177,26 @@ impl Archive {
                 "index: decompressed length differs from the footer's",
             ));
         }
-        let index: Index = postcard::from_bytes(&raw)
+        let (index, rest): (Index, &[u8]) = postcard::take_from_bytes(&raw)
             .map_err(|e| Error::corrupt(path, format!("index does not decode: {e}")))?;
+        // 1.1: the extension record follows; anything after it belongs to
+        // later minor versions and is ignored.
+        let ext = if rest.is_empty() {
+            Extension::default()
+        } else {
+            postcard::take_from_bytes::<Extension>(rest)
+                .map_err(|e| Error::corrupt(path, format!("index extension does not decode: {e}")))?
+                .0
+        };
         let a = Archive {
             file,
             path: path.to_path_buf(),
             header,
             footer,
             index,
+            ext,
             file_len,
+            store: None,
         };
         a.validate()?;
         Ok(a)
@@ -176,6 +210,23 @@ impl Archive {
         let idx = &self.index;
         let bs = self.header.block_size;
         let data_end = self.footer.index_offset;
+        for (k, src) in idx.sources.iter().enumerate() {
+            let ok = !src.name.is_empty()
+                && src.name[0] != b'/'
+                && src.name.split(|&b| b == b'/').all(valid_name);
+            if !ok {
+                return bad(format!(
+                    "external source {k}: invalid name {:?}",
+                    String::from_utf8_lossy(&src.name)
+                ));
+            }
+        }
+        if let Some(si) = &self.ext.snapshot
+            && !si.source_ids.is_empty()
+            && si.source_ids.len() != idx.inodes.len()
+        {
+            return bad("extension: source ids do not match the inodes".into());
+        }
         if idx.inodes.is_empty() || !matches!(idx.inodes[0].body, Body::Dir { .. }) {
             return bad("no root directory".into());
         }
@@ -204,9 +255,14 @@ impl Archive {
                         ));
                     }
                 }
-                BlockLoc::External { source, .. } => {
+                BlockLoc::External { source, clen, .. } => {
                     if source as usize >= idx.sources.len() {
                         return bad(format!("block {i}: unknown external source {source}"));
+                    }
+                    if clen as u64 > max_frame_len(bs) {
+                        return bad(format!(
+                            "block {i}: frame of {clen} bytes is larger than any block compresses to"
+                        ));
                     }
                 }
             }
@@ -368,6 +424,46 @@ impl Archive {
         }
     }
 
+    /// The compressed frame of block `i`, as stored (empty for a zero block).
+    pub fn read_frame(&self, i: u64) -> Result<Vec<u8>> {
+        let b = self
+            .index
+            .blocks
+            .get(i as usize)
+            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        let mut comp = Vec::new();
+        match b.loc {
+            BlockLoc::Frame { offset, clen } => {
+                comp.resize(clen as usize, 0);
+                self.file
+                    .read_exact_at(&mut comp, offset)
+                    .map_err(|e| self.block_err(i, format!("read failed: {e}")))?;
+            }
+            BlockLoc::External {
+                source,
+                offset,
+                clen,
+            } => {
+                let store = self.store.as_ref().ok_or_else(|| {
+                    self.block_err(
+                        i,
+                        "block is held in a repository's packs, and this archive is not inside its repository (REPO/snapshots/NAME.hbb)",
+                    )
+                })?;
+                let src = &self.index.sources[source as usize];
+                comp.resize(clen as usize, 0);
+                store.read_frame(src, offset, &mut comp).map_err(|e| {
+                    self.block_err(
+                        i,
+                        format!("read failed in {}: {e}", String::from_utf8_lossy(&src.name)),
+                    )
+                })?;
+            }
+            BlockLoc::Zero => {}
+        }
+        Ok(comp)
+    }
+
     /// Decompresses block `i` into `out` (cleared first) and checks its hash.
     pub fn read_block_into(
         &self,
@@ -386,15 +482,8 @@ impl Archive {
                 out.resize(b.len as usize, 0);
                 Ok(())
             }
-            BlockLoc::External { .. } => Err(self.block_err(
-                i,
-                "block is held outside this archive and no store is attached",
-            )),
-            BlockLoc::Frame { offset, clen } => {
-                let mut comp = vec![0u8; clen as usize];
-                self.file
-                    .read_exact_at(&mut comp, offset)
-                    .map_err(|e| self.block_err(i, format!("read failed: {e}")))?;
+            BlockLoc::Frame { .. } | BlockLoc::External { .. } => {
+                let comp = self.read_frame(i)?;
                 out.reserve(b.len as usize);
                 let n = dec
                     .decompress_to_buffer(&comp, out)

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::*;
 use crate::error::{Error, IoContext, Result};
+use crate::repo::pack::{PackId, PackWriter};
 
 /// Where the archive goes.
 pub enum Sink {
@@ -211,12 +212,34 @@ pub enum Payload {
     Frame(Vec<u8>),
 }
 
+/// Where a stored frame is: in this archive, or in a repository's pack.
+#[derive(Debug, Clone, Copy)]
+pub enum FrameLoc {
+    Here {
+        offset: u64,
+        clen: u32,
+    },
+    Pack {
+        pack: PackId,
+        offset: u64,
+        clen: u32,
+    },
+}
+
+/// Frames go to a repository's packs instead of the archive file.
+struct Packs {
+    writer: PackWriter,
+    sources: Vec<ExternalSource>,
+    source_of: HashMap<PackId, u32>,
+}
+
 pub struct ArchiveWriter {
     sink: Sink,
     pos: u64,
     header: Header,
     blocks: Vec<Block>,
-    frames: HashMap<[u8; 32], (u64, u32)>,
+    frames: HashMap<[u8; 32], FrameLoc>,
+    packs: Option<Packs>,
     pub stored_bytes: u64,
     pub zero_blocks: u64,
     pub dup_blocks: u64,
@@ -238,14 +261,74 @@ impl ArchiveWriter {
             header,
             blocks: Vec::new(),
             frames: HashMap::new(),
+            packs: None,
             stored_bytes: 0,
             zero_blocks: 0,
             dup_blocks: 0,
         })
     }
 
+    /// Sends frames to `packs` instead of the archive; `known` are the
+    /// blocks the repository already holds (stored again by reference only).
+    pub fn into_packs(
+        mut self,
+        packs: PackWriter,
+        known: HashMap<[u8; 32], FrameLoc>,
+    ) -> ArchiveWriter {
+        self.frames = known;
+        self.packs = Some(Packs {
+            writer: packs,
+            sources: Vec::new(),
+            source_of: HashMap::new(),
+        });
+        self
+    }
+
+    /// Hashes of the frames already stored (or known to the repository).
+    pub fn known_hashes(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.frames.keys()
+    }
+
     pub fn block_size(&self) -> u64 {
         self.header.block_size
+    }
+
+    fn block_loc(&mut self, at: FrameLoc) -> BlockLoc {
+        match at {
+            FrameLoc::Here { offset, clen } => BlockLoc::Frame { offset, clen },
+            FrameLoc::Pack { pack, offset, clen } => {
+                let p = self
+                    .packs
+                    .as_mut()
+                    .expect("pack locations only in pack mode");
+                let source = *p.source_of.entry(pack).or_insert_with(|| {
+                    p.sources.push(ExternalSource {
+                        archive_id: pack,
+                        name: crate::repo::pack::rel_path(&pack).into_bytes(),
+                    });
+                    (p.sources.len() - 1) as u32
+                });
+                BlockLoc::External {
+                    source,
+                    offset,
+                    clen,
+                }
+            }
+        }
+    }
+
+    /// Appends a block already stored in a pack (an unchanged file's block
+    /// taken from an earlier snapshot); returns its index.
+    pub fn push_stored(&mut self, len: u32, hash: [u8; 32], at: Option<FrameLoc>) -> u64 {
+        let loc = match at {
+            None => BlockLoc::Zero,
+            Some(at) => {
+                self.frames.entry(hash).or_insert(at);
+                self.block_loc(at)
+            }
+        };
+        self.blocks.push(Block { len, hash, loc });
+        (self.blocks.len() - 1) as u64
     }
 
     /// Whether a frame with this hash is already stored.
@@ -271,8 +354,8 @@ impl ArchiveWriter {
             }
             Payload::Known | Payload::Frame(_) if self.frames.contains_key(&hash) => {
                 self.dup_blocks += 1;
-                let (offset, clen) = self.frames[&hash];
-                BlockLoc::Frame { offset, clen }
+                let at = self.frames[&hash];
+                self.block_loc(at)
             }
             Payload::Known => {
                 return Err(Error::Other(format!(
@@ -280,13 +363,22 @@ impl ArchiveWriter {
                 )));
             }
             Payload::Frame(frame) => {
-                let offset = self.pos;
                 let clen = frame.len() as u32;
-                self.sink.write_all(&frame).at(self.sink.path())?;
-                self.pos += frame.len() as u64;
+                let at = match &mut self.packs {
+                    Some(p) => {
+                        let (pack, offset) = p.writer.add(hash, len, &frame)?;
+                        FrameLoc::Pack { pack, offset, clen }
+                    }
+                    None => {
+                        let offset = self.pos;
+                        self.sink.write_all(&frame).at(self.sink.path())?;
+                        self.pos += frame.len() as u64;
+                        FrameLoc::Here { offset, clen }
+                    }
+                };
                 self.stored_bytes += frame.len() as u64;
-                self.frames.insert(hash, (offset, clen));
-                BlockLoc::Frame { offset, clen }
+                self.frames.insert(hash, at);
+                self.block_loc(at)
             }
         };
         self.blocks.push(Block {
@@ -305,10 +397,26 @@ impl ArchiveWriter {
         std::mem::take(&mut self.blocks)
     }
 
-    /// Writes the index and the footer, then commits the sink.
-    pub fn finish(mut self, index: &Index, level: i32) -> Result<()> {
-        let raw = postcard::to_stdvec(index)
+    /// The external sources the blocks refer to (pack mode), for `Index::sources`.
+    pub fn take_sources(&mut self) -> Vec<ExternalSource> {
+        self.packs
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.sources))
+            .unwrap_or_default()
+    }
+
+    /// Writes the index (with the 1.1 extension record) and the footer,
+    /// then commits the sink. In pack mode the packs are sealed and durable
+    /// before the archive that refers to them gets its name.
+    pub fn finish(mut self, index: &Index, ext: &Extension, level: i32) -> Result<()> {
+        if let Some(p) = &mut self.packs {
+            p.writer.finish()?;
+            crate::repo::fault_point("snapshot-packs-sealed");
+        }
+        let mut raw = postcard::to_stdvec(index)
             .map_err(|e| Error::Other(format!("encoding the index: {e}")))?;
+        postcard::to_io(ext, &mut raw)
+            .map_err(|e| Error::Other(format!("encoding the index extension: {e}")))?;
         let comp = zstd::bulk::compress(&raw, level)
             .map_err(|e| Error::Other(format!("compressing the index: {e}")))?;
         let footer = Footer {

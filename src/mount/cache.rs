@@ -1,5 +1,5 @@
-//! The block cache of a mounted archive: decompressed blocks, shared by all
-//! readers, decoded on a pool of worker threads.
+//! The block cache of a mount: decompressed blocks, shared by all readers
+//! and by all the archives of a mount, decoded on one pool of worker threads.
 //!
 //! ```text
 //! read ─► get(blocks, done) ─┬─ all cached ─────────────────────► done(blocks), on the caller's thread
@@ -14,6 +14,11 @@
 //! wait on the first one's decode. The LRU is bounded in bytes of decoded
 //! data; blocks handed to readers are reference-counted, so evicting one
 //! never disturbs a reply being built from it.
+//!
+//! A block is keyed by its archive's number in the mount ([`Origin::id`])
+//! and its number in that archive, so the archives of a multi-archive mount
+//! share the byte budget and the workers; each queued block carries its
+//! archive, which the workers decode it from.
 //!
 //! The archive never changes while mounted, so a damaged block stays
 //! damaged: its error is remembered and every read touching it fails at once
@@ -38,6 +43,17 @@ pub type Failure = Arc<Error>;
 /// What a reader does once all its blocks are there (or one failed).
 pub type Done = Box<dyn FnOnce(Result<Vec<Data>, Failure>) + Send>;
 
+/// A block of the cache: `(Origin::id, block number in that archive)`.
+pub type Key = (u32, u64);
+
+/// An archive whose blocks the cache serves, and its number in the mount
+/// (distinct for distinct archives: it keys their blocks).
+#[derive(Clone)]
+pub struct Origin {
+    pub id: u32,
+    pub archive: Arc<Archive>,
+}
+
 /// Counters, for tests and for the foreground summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -61,10 +77,8 @@ pub struct BlockCache {
 }
 
 struct Shared {
-    archive: Arc<Archive>,
     capacity: u64,
-    /// Most read-ahead blocks queued at once.
-    prefetch_limit: usize,
+    threads: usize,
     state: Mutex<State>,
     wake: Condvar,
     hits: AtomicU64,
@@ -75,22 +89,23 @@ struct Shared {
 }
 
 struct State {
-    lru: LruCache<u64, Data>,
+    lru: LruCache<Key, Data>,
     /// Bytes held by `lru`.
     bytes: u64,
     /// Blocks queued or being decoded, with the readers waiting for them.
-    pending: HashMap<u64, Pending>,
+    pending: HashMap<Key, Pending>,
     /// Blocks readers wait for, served first.
-    demand: VecDeque<u64>,
+    demand: VecDeque<Key>,
     /// Blocks read-ahead asked for, served when no reader waits.
-    prefetch: VecDeque<u64>,
+    prefetch: VecDeque<Key>,
     /// Blocks found damaged; the archive does not change, so neither do they.
-    bad: HashMap<u64, Failure>,
+    bad: HashMap<Key, Failure>,
     shutdown: bool,
 }
 
-#[derive(Default)]
 struct Pending {
+    /// What to decode the block from.
+    archive: Arc<Archive>,
     waiters: Vec<(Arc<Gather>, usize)>,
     /// A worker has taken it.
     started: bool,
@@ -114,17 +129,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl BlockCache {
-    /// A cache of at most `capacity` bytes of decoded blocks, decoding on
-    /// `threads` workers (named `hbb-mount-N`).
-    pub fn new(archive: Arc<Archive>, capacity: u64, threads: usize) -> std::io::Result<Self> {
+    /// A cache of at most `capacity` bytes of decoded blocks (whatever
+    /// archives they come from), decoding on `threads` workers (named
+    /// `hbb-mount-N`). The block inserted last is kept even when it alone
+    /// exceeds `capacity`.
+    pub fn new(capacity: u64, threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
-        let in_cache = (capacity / archive.block_size().max(1)) as usize;
         let shared = Arc::new(Shared {
-            archive,
             capacity,
-            // Never read ahead more than half the cache holds: prefetched
-            // blocks must not evict one another before they are read.
-            prefetch_limit: (2 * threads).min(in_cache / 2),
+            threads,
             state: Mutex::new(State {
                 lru: LruCache::unbounded(),
                 bytes: 0,
@@ -159,17 +172,17 @@ impl BlockCache {
         Ok(BlockCache { shared, workers })
     }
 
-    /// How many blocks read-ahead may queue at once (0: read-ahead is off,
-    /// the cache being too small for it).
-    pub fn prefetch_limit(&self) -> usize {
-        self.shared.prefetch_limit
+    /// How many blocks of `block_size` bytes read-ahead may queue at once
+    /// (0: read-ahead is off, the cache being too small for it).
+    pub fn prefetch_limit(&self, block_size: u64) -> usize {
+        self.shared.prefetch_limit(block_size)
     }
 
-    /// Calls `done` with the blocks `blocks` (distinct block numbers), in
-    /// that order: at once on this thread when all are cached, otherwise on
-    /// a worker thread once the missing ones are decoded, or with the error
-    /// of the first one found damaged.
-    pub fn get(&self, blocks: &[u64], done: Done) {
+    /// Calls `done` with the blocks `blocks` (distinct block numbers) of
+    /// `origin`, in that order: at once on this thread when all are cached,
+    /// otherwise on a worker thread once the missing ones are decoded, or
+    /// with the error of the first one found damaged.
+    pub fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
         debug_assert!(
             blocks
                 .iter()
@@ -181,7 +194,9 @@ impl BlockCache {
         let mut st = lock(&sh.state);
         let mut slots = Vec::with_capacity(blocks.len());
         let mut missing = Vec::new();
+        let id = origin.id;
         for (k, &b) in blocks.iter().enumerate() {
+            let b = (id, b);
             if let Some(f) = st.bad.get(&b) {
                 let f = f.clone();
                 drop(st);
@@ -211,7 +226,7 @@ impl BlockCache {
         })));
         let mut queued = 0;
         for k in missing {
-            let b = blocks[k];
+            let b = (id, blocks[k]);
             let st = &mut *st;
             match st.pending.entry(b) {
                 Entry::Occupied(mut o) => {
@@ -228,6 +243,7 @@ impl BlockCache {
                 }
                 Entry::Vacant(v) => {
                     v.insert(Pending {
+                        archive: origin.archive.clone(),
                         waiters: vec![(gather.clone(), k)],
                         started: false,
                         in_demand: true,
@@ -243,23 +259,34 @@ impl BlockCache {
         }
     }
 
-    /// Queues `blocks` for decoding ahead of need, skipping those cached,
-    /// under way or damaged, up to the read-ahead limit.
-    pub fn prefetch(&self, blocks: &[u64]) {
+    /// Queues `blocks` of `origin` for decoding ahead of need, skipping
+    /// those cached, under way or damaged, while fewer than the read-ahead
+    /// limit for its block size are queued (from all archives).
+    pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
         let sh = &*self.shared;
-        if sh.prefetch_limit == 0 || blocks.is_empty() {
+        let limit = sh.prefetch_limit(origin.archive.block_size());
+        if limit == 0 || blocks.is_empty() {
             return;
         }
         let mut st = lock(&sh.state);
         let mut queued = 0;
         for &b in blocks {
-            if st.prefetch.len() >= sh.prefetch_limit {
+            if st.prefetch.len() >= limit {
                 break;
             }
+            let b = (origin.id, b);
             if st.lru.contains(&b) || st.pending.contains_key(&b) || st.bad.contains_key(&b) {
                 continue;
             }
-            st.pending.insert(b, Pending::default());
+            st.pending.insert(
+                b,
+                Pending {
+                    archive: origin.archive.clone(),
+                    waiters: Vec::new(),
+                    started: false,
+                    in_demand: false,
+                },
+            );
             st.prefetch.push_back(b);
             queued += 1;
         }
@@ -303,23 +330,31 @@ impl Drop for BlockCache {
 }
 
 impl Shared {
+    fn prefetch_limit(&self, block_size: u64) -> usize {
+        let in_cache = (self.capacity / block_size.max(1)) as usize;
+        // Never read ahead more than half the cache holds: prefetched
+        // blocks must not evict one another before they are read.
+        (2 * self.threads).min(in_cache / 2)
+    }
+
     fn work(&self) {
         let mut dec = new_decompressor();
         loop {
-            let b = {
+            let (b, archive) = {
                 let mut st = lock(&self.state);
                 loop {
                     if st.shutdown {
                         return;
                     }
-                    if let Some(b) = st.next_job() {
-                        break b;
+                    if let Some(job) = st.next_job() {
+                        break job;
                     }
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
             let mut buf = Vec::new();
-            let r = self.archive.read_block_into(b, &mut dec, &mut buf);
+            let r = archive.read_block_into(b.1, &mut dec, &mut buf);
+            drop(archive);
             self.decoded.fetch_add(1, Ordering::Relaxed);
             let (waiters, result) = {
                 let mut st = lock(&self.state);
@@ -346,8 +381,9 @@ impl Shared {
 }
 
 impl State {
-    /// The next block to decode: readers' first, then read-ahead's.
-    fn next_job(&mut self) -> Option<u64> {
+    /// The next block to decode, and its archive: readers' first, then
+    /// read-ahead's.
+    fn next_job(&mut self) -> Option<(Key, Arc<Archive>)> {
         while let Some(b) = self
             .demand
             .pop_front()
@@ -357,20 +393,22 @@ impl State {
                 && !p.started
             {
                 p.started = true;
-                return Some(b);
+                return Some((b, p.archive.clone()));
             }
             // Already taken through the other queue.
         }
         None
     }
 
-    fn insert(&mut self, b: u64, d: Data, capacity: u64) {
+    fn insert(&mut self, b: Key, d: Data, capacity: u64) {
         let cost = |d: &Data| d.capacity() as u64;
         self.bytes += cost(&d);
         if let Some(old) = self.lru.put(b, d) {
             self.bytes -= cost(&old);
         }
-        while self.bytes > capacity {
+        // The newest block stays, should it alone exceed the budget (a
+        // cache smaller than one block of some archive).
+        while self.bytes > capacity && self.lru.len() > 1 {
             match self.lru.pop_lru() {
                 Some((_, old)) => self.bytes -= cost(&old),
                 None => break,
@@ -414,13 +452,14 @@ mod tests {
     use std::sync::Barrier;
     use std::sync::mpsc;
 
-    /// An archive of one file of `blocks` 64 KiB blocks of distinct bytes.
-    fn archive(name: &str, blocks: usize) -> (tempdir::Dir, Arc<Archive>) {
+    /// An archive of one file of `blocks` 64 KiB blocks of distinct bytes
+    /// (different for another `salt`).
+    fn archive(name: &str, blocks: usize, salt: usize) -> (tempdir::Dir, Arc<Archive>) {
         let dir = tempdir::Dir::new(name);
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
         let data: Vec<u8> = (0..blocks * 65536)
-            .map(|i| (i / 65536 * 7 + i % 251) as u8)
+            .map(|i| (i / 65536 * 7 + i % 251 + salt) as u8)
             .collect();
         std::fs::write(src.join("f"), &data).unwrap();
         let out = dir.path().join("a.hbb");
@@ -436,6 +475,7 @@ mod tests {
             one_file_system: false,
             allow_mounted_rw: false,
             quiet: true,
+            repo: None,
         };
         crate::snapshot::snapshot(&opts).unwrap();
         let a = Arc::new(Archive::open(&out).unwrap());
@@ -468,9 +508,17 @@ mod tests {
         }
     }
 
-    fn get_sync(c: &BlockCache, blocks: &[u64]) -> Result<Vec<Data>, Failure> {
+    fn origin(id: u32, a: &Arc<Archive>) -> Origin {
+        Origin {
+            id,
+            archive: a.clone(),
+        }
+    }
+
+    fn get_sync(c: &BlockCache, o: &Origin, blocks: &[u64]) -> Result<Vec<Data>, Failure> {
         let (tx, rx) = mpsc::channel();
         c.get(
+            o,
             blocks,
             Box::new(move |r| {
                 tx.send(r).unwrap();
@@ -481,16 +529,17 @@ mod tests {
 
     #[test]
     fn concurrent_misses_decode_once() {
-        let (_d, a) = archive("once", 4);
-        let c = Arc::new(BlockCache::new(a.clone(), 1 << 30, 4).unwrap());
+        let (_d, a) = archive("once", 4, 0);
+        let c = Arc::new(BlockCache::new(1 << 30, 4).unwrap());
+        let o = origin(0, &a);
         let n = 16;
         let barrier = Arc::new(Barrier::new(n));
         let hs: Vec<_> = (0..n)
             .map(|_| {
-                let (c, barrier) = (c.clone(), barrier.clone());
+                let (c, barrier, o) = (c.clone(), barrier.clone(), o.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    get_sync(&c, &[2]).unwrap()
+                    get_sync(&c, &o, &[2]).unwrap()
                 })
             })
             .collect();
@@ -506,12 +555,13 @@ mod tests {
 
     #[test]
     fn bounded_in_bytes_and_in_order() {
-        let (_d, a) = archive("bound", 8);
+        let (_d, a) = archive("bound", 8, 0);
         // Room for two blocks of 64 KiB.
-        let c = BlockCache::new(a.clone(), 2 * 65536, 2).unwrap();
+        let c = BlockCache::new(2 * 65536, 2).unwrap();
+        let o = origin(0, &a);
         let mut dec = new_decompressor();
         for round in 0..2 {
-            let got = get_sync(&c, &[5, 1, 3]).unwrap();
+            let got = get_sync(&c, &o, &[5, 1, 3]).unwrap();
             for (d, b) in got.iter().zip([5, 1, 3]) {
                 assert_eq!(
                     **d,
@@ -528,24 +578,63 @@ mod tests {
     }
 
     #[test]
+    fn archives_share_the_budget_and_never_mix_blocks() {
+        // Same block numbers, different bytes.
+        let (_d1, a) = archive("two-a", 4, 0);
+        let (_d2, b) = archive("two-b", 5, 1);
+        let (oa, ob) = (origin(0, &a), origin(1, &b));
+        let mut dec = new_decompressor();
+        assert_ne!(
+            a.read_block(0, &mut dec).unwrap(),
+            b.read_block(0, &mut dec).unwrap()
+        );
+        // Room for three blocks in all.
+        let c = BlockCache::new(3 * 65536, 2).unwrap();
+        for round in 0..2 {
+            for (o, ar) in [(&oa, &a), (&ob, &b)] {
+                let got = get_sync(&c, o, &[0, 3]).unwrap();
+                for (d, k) in got.iter().zip([0, 3]) {
+                    assert_eq!(**d, ar.read_block(k, &mut dec).unwrap(), "round {round}");
+                }
+                let s = c.stats();
+                assert!(s.cached_bytes <= 3 * 65536, "{s:?}");
+            }
+        }
+        let s = c.stats();
+        // Four distinct blocks through room for three: the second round
+        // finds one of each pair still cached (a3, then b3).
+        assert_eq!(s.decoded, 6, "{s:?}");
+        // A cache smaller than one block still serves, keeping the newest.
+        let tiny = BlockCache::new(1000, 1).unwrap();
+        for _ in 0..2 {
+            let got = get_sync(&tiny, &ob, &[4]).unwrap();
+            assert_eq!(*got[0], b.read_block(4, &mut dec).unwrap());
+        }
+        let s = tiny.stats();
+        assert_eq!((s.decoded, s.cached_blocks), (1, 1), "{s:?}");
+        assert_eq!(tiny.prefetch_limit(65536), 0);
+    }
+
+    #[test]
     fn prefetch_then_hit() {
-        let (_d, a) = archive("prefetch", 6);
-        let c = BlockCache::new(a, 1 << 30, 2).unwrap();
-        assert!(c.prefetch_limit() > 0);
-        c.prefetch(&[0, 1, 2]);
+        let (_d, a) = archive("prefetch", 6, 0);
+        let c = BlockCache::new(1 << 30, 2).unwrap();
+        let o = origin(7, &a);
+        assert!(c.prefetch_limit(a.block_size()) > 0);
+        c.prefetch(&o, &[0, 1, 2]);
         let t0 = std::time::Instant::now();
         while c.stats().cached_blocks < 3 {
             assert!(t0.elapsed().as_secs() < 10, "prefetch did not finish");
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        get_sync(&c, &[0, 1, 2]).unwrap();
+        get_sync(&c, &o, &[0, 1, 2]).unwrap();
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.decoded, s.prefetched), (3, 0, 3, 3));
     }
 
     #[test]
     fn damaged_block_fails_every_time_with_its_number() {
-        let (d, a) = archive("bad", 3);
+        let (d, a) = archive("bad", 3, 0);
         // Flip a byte in block 1's frame and reopen.
         let off = a.block_offset(1) + 5;
         let path = d.path().join("a.hbb");
@@ -553,15 +642,19 @@ mod tests {
         bytes[off as usize] ^= 0x55;
         std::fs::write(&path, bytes).unwrap();
         let a = Arc::new(Archive::open(&path).unwrap());
-        let c = BlockCache::new(a, 1 << 30, 2).unwrap();
+        let c = BlockCache::new(1 << 30, 2).unwrap();
+        let o = origin(0, &a);
         for _ in 0..2 {
-            let e = get_sync(&c, &[0, 1]).unwrap_err();
+            let e = get_sync(&c, &o, &[0, 1]).unwrap_err();
             assert!(
                 matches!(*e, Error::Block { block: 1, .. }),
                 "unexpected error {e}"
             );
         }
-        assert!(get_sync(&c, &[0, 2]).is_ok());
-        assert_eq!(c.stats().decoded, 3);
+        assert!(get_sync(&c, &o, &[0, 2]).is_ok());
+        // The same block number of another archive is not damaged.
+        let (_d2, b) = archive("good", 3, 0);
+        assert!(get_sync(&c, &origin(1, &b), &[1]).is_ok());
+        assert_eq!(c.stats().decoded, 4);
     }
 }

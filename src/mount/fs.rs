@@ -1,4 +1,4 @@
-//! The FUSE filesystem: the archive's index answered as a read-only tree.
+//! The FUSE filesystem: archives' indexes answered as a read-only tree.
 //!
 //! ```text
 //! lookup / getattr / readdir(plus) / readlink / xattrs / statfs ─► the index, in memory
@@ -6,19 +6,37 @@
 //!      └► sequential? ─► cache.prefetch(the file's next blocks)
 //! ```
 //!
+//! One [`HbbFs`] serves either one archive, whose root is the mount's root,
+//! or many (a repository's snapshots): then the root is a made-up top
+//! directory holding one directory per archive, by name. Each archive is a
+//! [`View`] in a table indexed by its entry number `k`; a view is made (the
+//! archive opened, its index decoded, its directories counted) the first
+//! time something inside it is asked for, so mounting and listing the top
+//! directory open nothing. All views share one [`BlockCache`] (one byte
+//! budget, one pool of workers), keyed by `(k, block)`.
+//!
+//! Inode numbers: with one archive they are the archive's (index + 1, the
+//! root being 1), so hard links share one. With many, the top directory is
+//! 1 and archive `k`'s inode `i` is `((k + 1) << 32) | (i + 1)`: disjoint
+//! ranges, the same on every mount of the same list. An archive's root
+//! (`i` = 0) is the entry's directory in the top directory; its attributes
+//! are made up (mode 0555, the mounting user's, the entry's time) so that
+//! neither `ls -l` of the top directory nor `..` needs the archive opened.
+//!
 //! Thin by design: the helpers return `Result<_, Errno>` and the
-//! `Filesystem` methods only reply. Inode numbers are the archive's
-//! (index + 1, the root being 1), so hard links share one. Nothing changes
-//! while mounted, so the kernel is told to cache entries, attributes, pages
-//! and directory listings for long. A damaged block is an EIO for the reads
-//! touching it and one log line naming the file and the block, never an
-//! ENOENT; every number taken from the index is checked, never unwrapped.
+//! `Filesystem` methods only reply. Nothing changes while mounted, so the
+//! kernel is told to cache entries, attributes, pages and directory
+//! listings for long. A damaged block is an EIO for the reads touching it
+//! and one log line naming the file and the block, never an ENOENT; an
+//! archive that cannot be opened is an EIO for everything inside its
+//! directory and one log line; every number taken from an index is
+//! checked, never unwrapped.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -28,7 +46,8 @@ use fuser::{
 };
 use lru::LruCache;
 
-use super::cache::{BlockCache, Data};
+use super::Entry;
+use super::cache::{BlockCache, Data, Origin};
 use crate::archive::{Archive, Block, BlockLoc, Body, Extent, Inode, MAX_NAME_LEN, Time};
 
 /// How long the kernel may trust what we tell it: the archive is immutable.
@@ -40,22 +59,58 @@ const IO_SIZE: u32 = 1 << 20;
 const SEQ_WINDOW: u64 = 1 << 20;
 /// Files whose read position is remembered for read-ahead.
 const SEQ_FILES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+/// Mode of the made-up directories of a multi-archive mount: r-x for all.
+const TOP_PERM: u16 = 0o555;
 
 pub struct HbbFs {
-    archive: Arc<Archive>,
+    /// With many archives: the top directory (inode 1). Without, the one
+    /// archive's root is inode 1.
+    top: Option<Top>,
+    /// The archives, by entry number.
+    slots: Vec<Slot>,
     cache: BlockCache,
+    /// `--cache`, for the warning about archives with larger blocks.
+    cache_bytes: u64,
+    /// Where the recent readers of each file have got to, by entry and inode.
+    seq: Mutex<LruCache<(u32, u32), Seq>>,
+    /// The kernel opens files and directories without asking (it then
+    /// keeps their pages and listings cached, as `open` would tell it to).
+    zero_open: bool,
+    zero_opendir: bool,
+}
+
+/// The top directory of a multi-archive mount.
+struct Top {
+    /// Owner of the made-up directories: the mounting user.
+    uid: u32,
+    gid: u32,
+    /// The newest entry's time.
+    time: SystemTime,
+    /// Entry number by name.
+    by_name: HashMap<Vec<u8>, u32>,
+}
+
+/// One archive of the mount: opened on first use (or at once, alone).
+struct Slot {
+    name: Vec<u8>,
+    time: SystemTime,
+    open: Option<super::Opener>,
+    /// None once opening it failed (said once, in the log).
+    view: OnceLock<Option<View>>,
+}
+
+/// An opened archive, as the mount serves it.
+struct View {
+    /// The archive and its number in the cache's keys (the entry number).
+    origin: Origin,
+    /// FUSE inode number of archive inode `i`: `base + i + 1`.
+    base: u64,
     /// Parent and number of subdirectories of every directory.
     dirs: HashMap<u32, DirInfo>,
     /// Data bytes of all files, rounded up to 4 KiB pieces, for statfs.
     data_bytes: u64,
     /// Read-ahead window in bytes (0: off).
     readahead: u64,
-    /// Where the recent readers of each file have got to, by inode.
-    seq: Mutex<LruCache<u32, Seq>>,
-    /// The kernel opens files and directories without asking (it then
-    /// keeps their pages and listings cached, as `open` would tell it to).
-    zero_open: bool,
-    zero_opendir: bool,
     reporter: Arc<Reporter>,
 }
 
@@ -74,9 +129,22 @@ struct Seq {
     ahead: u64,
 }
 
-impl HbbFs {
-    /// Indexes the directories and starts the cache's `threads` workers.
-    pub fn new(archive: Arc<Archive>, cache_bytes: u64, threads: usize) -> std::io::Result<Self> {
+/// What a FUSE inode number stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loc {
+    /// The top directory of a multi-archive mount.
+    Top,
+    /// Inode `idx` of entry `k`'s archive.
+    In { k: u32, idx: u32 },
+}
+
+/// A directory listing: position + 1 of each entry, what it is, its name.
+type Listing<'a> = Box<dyn Iterator<Item = (u64, Loc, &'a [u8])> + 'a>;
+
+impl View {
+    /// Indexes the directories of archive `k`, whose inode `i` is FUSE
+    /// inode `base + i + 1`; `prefix` is its place in the mount, for the log.
+    fn new(k: u32, archive: Arc<Archive>, base: u64, prefix: Vec<u8>, cache: &BlockCache) -> View {
         let mut dirs: HashMap<u32, DirInfo> = HashMap::new();
         let mut data_bytes = 0u64;
         for (i, ino) in archive.index.inodes.iter().enumerate() {
@@ -103,35 +171,32 @@ impl HbbFs {
                 _ => {}
             }
         }
-        let cache = BlockCache::new(archive.clone(), cache_bytes, threads)?;
-        let readahead = cache.prefetch_limit() as u64 * archive.block_size();
-        Ok(HbbFs {
+        let readahead = cache.prefetch_limit(archive.block_size()) as u64 * archive.block_size();
+        View {
             reporter: Arc::new(Reporter {
                 archive: archive.clone(),
+                prefix,
+                base,
                 seen: Mutex::new(HashSet::new()),
             }),
-            archive,
-            cache,
+            origin: Origin { id: k, archive },
+            base,
             dirs,
             data_bytes,
             readahead,
-            seq: Mutex::new(LruCache::new(SEQ_FILES)),
-            zero_open: false,
-            zero_opendir: false,
-        })
+        }
     }
 
-    /// The archive's index of a FUSE inode number.
-    fn idx(&self, ino: INodeNo) -> Result<u32, Errno> {
-        ino.0
-            .checked_sub(1)
-            .filter(|&i| i < self.archive.index.inodes.len() as u64)
-            .map(|i| i as u32)
-            .ok_or(Errno::ESTALE)
+    fn archive(&self) -> &Archive {
+        &self.origin.archive
+    }
+
+    fn ino(&self, idx: u32) -> INodeNo {
+        INodeNo(self.base + u64::from(idx) + 1)
     }
 
     fn inode(&self, idx: u32) -> Result<&Inode, Errno> {
-        self.archive
+        self.archive()
             .index
             .inodes
             .get(idx as usize)
@@ -156,7 +221,7 @@ impl HbbFs {
             None => ino.nlink.max(1),
         };
         Ok(FileAttr {
-            ino: INodeNo(u64::from(idx) + 1),
+            ino: self.ino(idx),
             size,
             blocks,
             atime: system_time(ino.atime),
@@ -174,12 +239,204 @@ impl HbbFs {
         })
     }
 
-    fn dir(&self, ino: INodeNo) -> Result<u32, Errno> {
-        let idx = self.idx(ino)?;
+    fn dir(&self, idx: u32) -> Result<u32, Errno> {
         match self.inode(idx)?.body {
             Body::Dir { .. } => Ok(idx),
             _ => Err(Errno::ENOTDIR),
         }
+    }
+
+    fn file(&self, idx: u32) -> Result<(u64, &[Extent]), Errno> {
+        match &self.inode(idx)?.body {
+            Body::File { size, extents } => Ok((*size, extents)),
+            Body::Dir { .. } => Err(Errno::EISDIR),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+}
+
+impl HbbFs {
+    /// Serves one archive, its root as the mount's root; indexes its
+    /// directories and starts the cache's `threads` workers.
+    pub fn new(archive: Arc<Archive>, cache_bytes: u64, threads: usize) -> std::io::Result<Self> {
+        let cache = BlockCache::new(cache_bytes, threads)?;
+        let view = View::new(0, archive, 0, Vec::new(), &cache);
+        let slot = Slot {
+            name: Vec::new(),
+            time: UNIX_EPOCH,
+            open: None,
+            view: OnceLock::from(Some(view)),
+        };
+        Ok(Self::with(None, vec![slot], cache, cache_bytes))
+    }
+
+    /// Serves `entries`, each as a directory of the top directory, opening
+    /// none of them yet; starts the cache's `threads` workers, shared by all.
+    /// Names must be valid and distinct (the first of equal names wins).
+    pub fn many(entries: Vec<Entry>, cache_bytes: u64, threads: usize) -> std::io::Result<Self> {
+        let cache = BlockCache::new(cache_bytes, threads)?;
+        let mut by_name = HashMap::with_capacity(entries.len());
+        let mut slots = Vec::with_capacity(entries.len());
+        let mut time = UNIX_EPOCH;
+        // Entry numbers are 32 bits, less the top directory's.
+        for (k, e) in entries.into_iter().take(u32::MAX as usize - 1).enumerate() {
+            by_name.entry(e.name.clone()).or_insert(k as u32);
+            time = time.max(e.time);
+            slots.push(Slot {
+                name: e.name,
+                time: e.time,
+                open: Some(e.open),
+                view: OnceLock::new(),
+            });
+        }
+        let top = Top {
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            time,
+            by_name,
+        };
+        Ok(Self::with(Some(top), slots, cache, cache_bytes))
+    }
+
+    fn with(top: Option<Top>, slots: Vec<Slot>, cache: BlockCache, cache_bytes: u64) -> Self {
+        HbbFs {
+            top,
+            slots,
+            cache,
+            cache_bytes,
+            seq: Mutex::new(LruCache::new(SEQ_FILES)),
+            zero_open: false,
+            zero_opendir: false,
+        }
+    }
+
+    /// What a FUSE inode number stands for (not checked against the index).
+    fn loc(&self, ino: INodeNo) -> Result<Loc, Errno> {
+        if self.top.is_none() {
+            return ino
+                .0
+                .checked_sub(1)
+                .and_then(|i| u32::try_from(i).ok())
+                .map(|idx| Loc::In { k: 0, idx })
+                .ok_or(Errno::ESTALE);
+        }
+        if ino.0 == 1 {
+            return Ok(Loc::Top);
+        }
+        let (hi, lo) = (ino.0 >> 32, ino.0 & 0xffff_ffff);
+        if hi == 0 || lo == 0 || hi > self.slots.len() as u64 {
+            return Err(Errno::ESTALE);
+        }
+        Ok(Loc::In {
+            k: (hi - 1) as u32,
+            idx: (lo - 1) as u32,
+        })
+    }
+
+    /// Whether `loc` is the made-up directory of an entry (an archive's
+    /// root in a multi-archive mount), answered without opening it.
+    fn is_entry_dir(&self, loc: Loc) -> bool {
+        self.top.is_some() && matches!(loc, Loc::In { idx: 0, .. })
+    }
+
+    /// Entry `k`'s archive, opened now if it is not yet: an EIO if it
+    /// cannot be (said once, in the log).
+    fn view(&self, k: u32) -> Result<&View, Errno> {
+        let slot = self.slots.get(k as usize).ok_or(Errno::ESTALE)?;
+        slot.view
+            .get_or_init(|| self.open_slot(k, slot))
+            .as_ref()
+            .ok_or(Errno::EIO)
+    }
+
+    fn open_slot(&self, k: u32, slot: &Slot) -> Option<View> {
+        let name = String::from_utf8_lossy(&slot.name);
+        let opened = match &slot.open {
+            Some(open) => open(),
+            None => return None,
+        };
+        let archive = match opened {
+            Ok(a) => a,
+            Err(e) => {
+                super::log(&format!(
+                    "cannot open {name}: {e}; everything in /{name} is an I/O error (EIO)"
+                ));
+                return None;
+            }
+        };
+        let bs = archive.block_size();
+        if self.cache_bytes < 2 * bs {
+            super::log(&format!(
+                "warning: --cache {} holds less than two blocks of {bs} bytes of {name}: \
+                 no read-ahead, and readers of different blocks evict each other",
+                self.cache_bytes
+            ));
+        }
+        let base = (u64::from(k) + 1) << 32;
+        let mut prefix = b"/".to_vec();
+        prefix.extend_from_slice(&slot.name);
+        Some(View::new(k, Arc::new(archive), base, prefix, &self.cache))
+    }
+
+    fn top_attr(&self, top: &Top) -> FileAttr {
+        self.dir_attr(
+            top,
+            INodeNo(1),
+            top.time,
+            (self.slots.len() as u32).saturating_add(2),
+        )
+    }
+
+    /// The directory of entry `k` in the top directory. Its link count is 1,
+    /// as for a directory whose subdirectories are not counted: they are
+    /// not known until the archive is opened.
+    fn entry_attr(&self, top: &Top, k: u32) -> Result<FileAttr, Errno> {
+        let slot = self.slots.get(k as usize).ok_or(Errno::ESTALE)?;
+        let ino = INodeNo(((u64::from(k) + 1) << 32) | 1);
+        Ok(self.dir_attr(top, ino, slot.time, 1))
+    }
+
+    fn dir_attr(&self, top: &Top, ino: INodeNo, time: SystemTime, nlink: u32) -> FileAttr {
+        FileAttr {
+            ino,
+            size: 4096,
+            blocks: 8,
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind: FileType::Directory,
+            perm: TOP_PERM,
+            nlink,
+            uid: top.uid,
+            gid: top.gid,
+            rdev: 0,
+            blksize: IO_SIZE,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, loc: Loc) -> Result<FileAttr, Errno> {
+        match (loc, &self.top) {
+            (Loc::Top, Some(top)) => Ok(self.top_attr(top)),
+            (Loc::In { k, idx: 0 }, Some(top)) => self.entry_attr(top, k),
+            (Loc::In { k, idx }, _) => self.view(k)?.attr(idx),
+            (Loc::Top, None) => Err(Errno::ESTALE),
+        }
+    }
+
+    /// A directory: the top one, an entry's (neither opens anything), or
+    /// one inside an archive.
+    fn dir(&self, ino: INodeNo) -> Result<Loc, Errno> {
+        let loc = self.loc(ino)?;
+        match loc {
+            Loc::Top => {}
+            _ if self.is_entry_dir(loc) => {}
+            Loc::In { k, idx } => {
+                self.view(k)?.dir(idx)?;
+            }
+        }
+        Ok(loc)
     }
 
     fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr, Errno> {
@@ -187,43 +444,89 @@ impl HbbFs {
         if name.len() > MAX_NAME_LEN {
             return Err(Errno::ENAMETOOLONG);
         }
-        let child = self
-            .archive
-            .lookup(dir, name.as_bytes())
-            .ok_or(Errno::ENOENT)?;
-        self.attr(child)
+        match (dir, &self.top) {
+            (Loc::Top, Some(top)) => {
+                let k = *top.by_name.get(name.as_bytes()).ok_or(Errno::ENOENT)?;
+                self.entry_attr(top, k)
+            }
+            (Loc::In { k, idx }, _) => {
+                let child = self
+                    .view(k)?
+                    .archive()
+                    .lookup(idx, name.as_bytes())
+                    .ok_or(Errno::ENOENT)?;
+                self.attr(Loc::In { k, idx: child })
+            }
+            (Loc::Top, None) => Err(Errno::ESTALE),
+        }
     }
 
     /// The entries of a directory from position `offset` on: ".", "..",
     /// then the children; an entry's offset is its position + 1.
-    fn entries(
-        &self,
-        ino: INodeNo,
-        offset: u64,
-    ) -> Result<impl Iterator<Item = (u64, u32, &[u8])>, Errno> {
-        let dir = self.dir(ino)?;
-        let parent = self.dirs.get(&dir).map_or(0, |d| d.parent);
-        let dots = [(dir, &b"."[..]), (parent, &b".."[..])];
-        let children = self.archive.children(dir);
+    fn entries(&self, ino: INodeNo, offset: u64) -> Result<Listing<'_>, Errno> {
+        let loc = self.loc(ino)?;
         // Straight to the offset: a huge directory is listed in many calls.
         let from = usize::try_from(offset).unwrap_or(usize::MAX);
-        let rest = children.get(from.saturating_sub(2)..).unwrap_or(&[]);
-        let dots = dots.into_iter().enumerate().skip(from);
-        let rest = rest
-            .iter()
-            .enumerate()
-            .map(move |(k, d)| (k + from.max(2), (d.inode, d.name.as_slice())));
-        Ok(dots
-            .chain(rest)
-            .map(|(k, (idx, name))| (k as u64 + 1, idx, name)))
+        match loc {
+            Loc::Top => {
+                let dots = [(Loc::Top, &b"."[..]), (Loc::Top, &b".."[..])];
+                let dots = dots.into_iter().enumerate().skip(from);
+                let rest = self
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .skip(from.saturating_sub(2))
+                    .map(move |(k, s)| {
+                        let here = Loc::In {
+                            k: k as u32,
+                            idx: 0,
+                        };
+                        (k + 2, (here, s.name.as_slice()))
+                    });
+                Ok(Box::new(dots.chain(rest).map(number)))
+            }
+            Loc::In { k, idx } => {
+                let view = self.view(k)?;
+                let dir = view.dir(idx)?;
+                let parent = match view.dirs.get(&dir).map_or(0, |d| d.parent) {
+                    0 if dir == 0 && self.top.is_some() => Loc::Top,
+                    p => Loc::In { k, idx: p },
+                };
+                let dots = [(Loc::In { k, idx: dir }, &b"."[..]), (parent, &b".."[..])];
+                let children = view.archive().children(dir);
+                let rest = children.get(from.saturating_sub(2)..).unwrap_or(&[]);
+                let dots = dots.into_iter().enumerate().skip(from);
+                let rest = rest.iter().enumerate().map(move |(j, d)| {
+                    let here = Loc::In { k, idx: d.inode };
+                    (j + from.max(2), (here, d.name.as_slice()))
+                });
+                Ok(Box::new(dots.chain(rest).map(number)))
+            }
+        }
     }
 
-    fn file(&self, ino: INodeNo) -> Result<(u32, u64, &[Extent]), Errno> {
-        let idx = self.idx(ino)?;
-        match &self.inode(idx)?.body {
-            Body::File { size, extents } => Ok((idx, *size, extents)),
-            Body::Dir { .. } => Err(Errno::EISDIR),
-            _ => Err(Errno::EINVAL),
+    /// A regular file: its archive, inode, size and extents.
+    fn file(&self, ino: INodeNo) -> Result<(&View, u32, u64, &[Extent]), Errno> {
+        let loc = self.loc(ino)?;
+        match loc {
+            Loc::Top => Err(Errno::EISDIR),
+            _ if self.is_entry_dir(loc) => Err(Errno::EISDIR),
+            Loc::In { k, idx } => {
+                let view = self.view(k)?;
+                let (size, extents) = view.file(idx)?;
+                Ok((view, idx, size, extents))
+            }
+        }
+    }
+
+    /// An inode inside an archive, for readlink and xattrs; None for the
+    /// made-up directories (no target, no xattrs).
+    fn stored(&self, ino: INodeNo) -> Result<Option<&Inode>, Errno> {
+        let loc = self.loc(ino)?;
+        match loc {
+            Loc::Top => Ok(None),
+            _ if self.is_entry_dir(loc) => Ok(None),
+            Loc::In { k, idx } => self.view(k)?.inode(idx).map(Some),
         }
     }
 
@@ -235,15 +538,22 @@ impl HbbFs {
         Ok(())
     }
 
-    /// Notes a read of `[offset, offset+len)` of file `idx`; when it
-    /// continues the previous ones, returns the range to read ahead.
-    fn sequential(&self, idx: u32, offset: u64, len: u64, size: u64) -> Option<(u64, u64)> {
+    /// Notes a read of `[offset, offset+len)` of file `idx` of `view`; when
+    /// it continues the previous ones, returns the range to read ahead.
+    fn sequential(
+        &self,
+        view: &View,
+        idx: u32,
+        offset: u64,
+        len: u64,
+        size: u64,
+    ) -> Option<(u64, u64)> {
         let end = offset.saturating_add(len);
-        if self.readahead == 0 || end >= size {
+        if view.readahead == 0 || end >= size {
             return None; // nothing after this read
         }
         let mut seqs = lock(&self.seq);
-        let seq = seqs.get_or_insert_mut(idx, Seq::default);
+        let seq = seqs.get_or_insert_mut((view.origin.id, idx), Seq::default);
         if offset.abs_diff(seq.end) > SEQ_WINDOW {
             // A jump: start over from here, no read-ahead yet.
             *seq = Seq { end, ahead: end };
@@ -251,40 +561,41 @@ impl HbbFs {
         }
         seq.end = seq.end.max(end);
         // Top the window up once half of it has been consumed.
-        if seq.ahead >= size || seq.ahead > seq.end.saturating_add(self.readahead / 2) {
+        if seq.ahead >= size || seq.ahead > seq.end.saturating_add(view.readahead / 2) {
             return None;
         }
         let from = seq.ahead.max(seq.end);
-        let to = seq.end.saturating_add(self.readahead).min(size);
+        let to = seq.end.saturating_add(view.readahead).min(size);
         seq.ahead = to;
         (from < to).then_some((from, to - from))
     }
 
     fn do_read(&self, ino: INodeNo, offset: u64, size: u32, reply: ReplyData) {
-        let (idx, fsize, extents) = match self.file(ino) {
+        let (view, idx, fsize, extents) = match self.file(ino) {
             Ok(f) => f,
             Err(e) => return reply.error(e),
         };
-        let bs = self.archive.block_size();
-        let blocks = &self.archive.index.blocks;
+        let bs = view.archive().block_size();
+        let blocks = &view.archive().index.blocks;
         let plan = match plan_read(bs, blocks, fsize, extents, offset, u64::from(size)) {
             Ok(p) => p,
             Err(e) => {
-                self.reporter.inconsistent(idx, &e);
+                view.reporter.inconsistent(idx, &e);
                 return reply.error(Errno::EIO);
             }
         };
-        if let Some((from, len)) = self.sequential(idx, offset, plan.len as u64, fsize)
+        if let Some((from, len)) = self.sequential(view, idx, offset, plan.len as u64, fsize)
             && let Ok(ahead) = plan_read(bs, blocks, fsize, extents, from, len)
         {
-            self.cache.prefetch(&ahead.blocks);
+            self.cache.prefetch(&view.origin, &ahead.blocks);
         }
         if plan.blocks.is_empty() {
             return reply.data(&vec![0u8; plan.len]);
         }
-        let reporter = self.reporter.clone();
+        let reporter = view.reporter.clone();
         let wanted = plan.blocks.clone();
         self.cache.get(
+            &view.origin,
             &wanted,
             Box::new(move |r| match r {
                 Ok(data) => match plan.single(&data) {
@@ -321,7 +632,7 @@ impl HbbFs {
     /// SEEK_DATA / SEEK_HOLE over the file's extents, so that `cp` keeps
     /// holes holes.
     fn do_lseek(&self, ino: INodeNo, offset: i64, whence: i32) -> Result<i64, Errno> {
-        let (_, size, extents) = self.file(ino)?;
+        let (_, _, size, extents) = self.file(ino)?;
         let off = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
         if off >= size {
             return Err(Errno::ENXIO);
@@ -333,6 +644,36 @@ impl HbbFs {
         };
         i64::try_from(found).map_err(|_| Errno::EOVERFLOW)
     }
+
+    /// statfs: one archive's numbers inside it; at the top of a
+    /// multi-archive mount, the sums over the archives opened so far (plus
+    /// the made-up directories), which opens none.
+    fn do_statfs(&self, ino: INodeNo) -> Result<(u64, u64), Errno> {
+        let loc = self.loc(ino)?;
+        let view_numbers = |v: &View| (v.data_bytes, v.archive().index.inodes.len() as u64);
+        match loc {
+            Loc::Top => {
+                let (mut bytes, mut files) = (0u64, 1u64);
+                for s in &self.slots {
+                    match s.view.get() {
+                        Some(Some(v)) => {
+                            let (b, f) = view_numbers(v);
+                            bytes = bytes.saturating_add(b);
+                            files = files.saturating_add(f);
+                        }
+                        _ => files = files.saturating_add(1),
+                    }
+                }
+                Ok((bytes, files))
+            }
+            Loc::In { k, .. } => Ok(view_numbers(self.view(k)?)),
+        }
+    }
+}
+
+/// A listing's entry numbered by its position + 1.
+fn number((k, (loc, name)): (usize, (Loc, &[u8]))) -> (u64, Loc, &[u8]) {
+    (k as u64 + 1, loc, name)
 }
 
 impl Filesystem for HbbFs {
@@ -380,15 +721,15 @@ impl Filesystem for HbbFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.idx(ino).and_then(|i| self.attr(i)) {
+        match self.loc(ino).and_then(|l| self.attr(l)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.idx(ino).and_then(|i| self.inode(i)).map(|i| &i.body) {
-            Ok(Body::Symlink { target }) => reply.data(target),
+        match self.stored(ino).map(|i| i.map(|i| &i.body)) {
+            Ok(Some(Body::Symlink { target })) => reply.data(target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
         }
@@ -439,17 +780,12 @@ impl Filesystem for HbbFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (next, idx, name) in entries {
-            let kind = match self.attr(idx) {
-                Ok(a) => a.kind,
+        for (next, loc, name) in entries {
+            let attr = match self.attr(loc) {
+                Ok(a) => a,
                 Err(e) => return reply.error(e),
             };
-            if reply.add(
-                INodeNo(u64::from(idx) + 1),
-                next,
-                kind,
-                OsStr::from_bytes(name),
-            ) {
+            if reply.add(attr.ino, next, attr.kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -468,8 +804,8 @@ impl Filesystem for HbbFs {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (next, idx, name) in entries {
-            let attr = match self.attr(idx) {
+        for (next, loc, name) in entries {
+            let attr = match self.attr(loc) {
                 Ok(a) => a,
                 Err(e) => return reply.error(e),
             };
@@ -487,10 +823,13 @@ impl Filesystem for HbbFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = self.archive.index.inodes.len() as u64;
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let (bytes, files) = match self.do_statfs(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
         reply.statfs(
-            self.data_bytes.div_ceil(4096),
+            bytes.div_ceil(4096),
             0,
             0,
             files,
@@ -502,23 +841,23 @@ impl Filesystem for HbbFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let inode = match self.idx(ino).and_then(|i| self.inode(i)) {
-            Ok(i) => i,
+        let xattrs = match self.stored(ino) {
+            Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
             Err(e) => return reply.error(e),
         };
-        match inode.xattrs.iter().find(|x| x.name == name.as_bytes()) {
+        match xattrs.iter().find(|x| x.name == name.as_bytes()) {
             Some(x) => Self::xattr_reply(&x.value, size, reply),
             None => reply.error(Errno::NO_XATTR),
         }
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let inode = match self.idx(ino).and_then(|i| self.inode(i)) {
-            Ok(i) => i,
+        let xattrs = match self.stored(ino) {
+            Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
             Err(e) => return reply.error(e),
         };
         let mut names = Vec::new();
-        for x in &inode.xattrs {
+        for x in xattrs {
             names.extend_from_slice(&x.name);
             names.push(0);
         }
@@ -544,6 +883,11 @@ impl Filesystem for HbbFs {
 /// Says once per file and block what went wrong, naming both.
 struct Reporter {
     archive: Arc<Archive>,
+    /// Where the archive's root is in the mount: "" for a one-archive
+    /// mount, "/NAME" for an entry of a multi-archive one.
+    prefix: Vec<u8>,
+    /// FUSE inode number of archive inode `i`: `base + i + 1`.
+    base: u64,
     seen: Mutex<HashSet<(u32, u64)>>,
 }
 
@@ -568,7 +912,7 @@ impl Reporter {
         }
     }
 
-    /// "/path/in/archive (inode N)", found by walking up the dirents: slow,
+    /// "/path/in/mount (inode N)", found by walking up the dirents: slow,
     /// but only done once per damaged file.
     fn describe(&self, idx: u32) -> String {
         let index = &self.archive.index;
@@ -590,7 +934,7 @@ impl Reporter {
                 None => break,
             }
         }
-        let mut path = Vec::new();
+        let mut path = self.prefix.clone();
         for p in parts.iter().rev() {
             path.push(b'/');
             path.extend_from_slice(p);
@@ -598,7 +942,11 @@ impl Reporter {
         if path.is_empty() {
             path.push(b'/');
         }
-        format!("{} (inode {})", String::from_utf8_lossy(&path), idx + 1)
+        format!(
+            "{} (inode {})",
+            String::from_utf8_lossy(&path),
+            self.base + u64::from(idx) + 1
+        )
     }
 }
 

@@ -13,6 +13,10 @@
 //! SIGHUP unmount (lazily if the mount is busy, so that no stale mount is
 //! left behind); the daemon exits when the kernel ends the session.
 //! [`fs`] answers the kernel; [`cache`] holds the decoded blocks.
+//!
+//! A [`Target`] is one archive (its root is the mount's root), or many
+//! named archives (a repository's snapshots), each a directory of the
+//! mount's root, opened only once something inside it is asked for.
 
 pub mod cache;
 pub mod fs;
@@ -37,8 +41,34 @@ pub const DEFAULT_CACHE: &str = "256MiB";
 /// decode (misses go to the cache's workers), so a few are enough.
 const MAX_SESSION_THREADS: usize = 4;
 
+/// Opens an entry's archive.
+pub type Opener = Box<dyn Fn() -> Result<Archive> + Send + Sync>;
+
+/// One archive shown as a top-level directory of a multi-archive mount.
+pub struct Entry {
+    /// Directory name (a valid file name: no '/', no NUL, not . or ..).
+    pub name: Vec<u8>,
+    /// mtime/ctime shown for that directory (the snapshot's time).
+    pub time: std::time::SystemTime,
+    /// Opens the archive; called at most once, lazily, the first time the
+    /// directory is looked into (lookup/getattr of anything inside,
+    /// readdir); errors become EIO for that directory and are logged once
+    /// with the message. It runs in the mount's daemon, whose working
+    /// directory is `/`: paths it uses must be absolute.
+    pub open: Opener,
+}
+
+/// What a mount shows.
+pub enum Target {
+    /// One archive file, its root as the mount's root.
+    Archive(PathBuf),
+    /// Each entry as a directory of the mount's root, by name.
+    /// `label` is used as the fsname in mtab (the repository's path).
+    Many { label: PathBuf, entries: Vec<Entry> },
+}
+
 pub struct Options {
-    pub archive: PathBuf,
+    pub target: Target,
     pub mountpoint: PathBuf,
     pub foreground: bool,
     /// Bytes of decoded blocks kept (LRU).
@@ -51,34 +81,56 @@ pub struct Options {
 
 /// What is ready to be served, once every check has passed.
 struct Prepared {
-    archive: Arc<Archive>,
+    served: Served,
+    /// The archive's or the repository's path, for messages.
+    label: PathBuf,
     mountpoint: PathBuf,
     config: Config,
     cache_bytes: u64,
     threads: usize,
 }
 
-/// Mounts the archive; in the background unless `foreground`, returning
+/// The archives a mount serves.
+enum Served {
+    One(Arc<Archive>),
+    Many(Vec<Entry>),
+}
+
+/// Mounts the target; in the background unless `foreground`, returning
 /// once the mount is ready. In the foreground, returns once unmounted.
 /// Going to the background forks, so it is refused in a process that has
-/// started other threads.
-pub fn mount(opts: &Options) -> Result<()> {
+/// started other threads. A multi-archive target opens none of its
+/// archives here: each is opened by the daemon when first looked into.
+pub fn mount(opts: Options) -> Result<()> {
     let (acl, extra) = parse_options(&opts.options)?;
     check_dev_fuse()?;
     let mountpoint = check_mountpoint(&opts.mountpoint)?;
-    let archive = Archive::open(&opts.archive)?;
-    // The block being read must stay cached while the kernel reads it in
-    // pieces, or each piece would decode it again.
-    let bs = archive.block_size();
-    let cache_bytes = opts.cache_bytes.max(bs);
-    if opts.cache_bytes < 2 * bs {
-        eprintln!(
-            "hbb: warning: --cache {} holds less than two blocks of {bs} bytes: \
-             no read-ahead, and readers of different blocks evict each other",
-            opts.cache_bytes
-        );
-    }
-    let source = std::path::absolute(&opts.archive).unwrap_or_else(|_| opts.archive.clone());
+    let (served, label, source, cache_bytes) = match opts.target {
+        Target::Archive(path) => {
+            let archive = Archive::open(&path)?;
+            // The block being read must stay cached while the kernel reads it
+            // in pieces, or each piece would decode it again.
+            let bs = archive.block_size();
+            let cache_bytes = opts.cache_bytes.max(bs);
+            if opts.cache_bytes < 2 * bs {
+                eprintln!(
+                    "hbb: warning: --cache {} holds less than two blocks of {bs} bytes: \
+                     no read-ahead, and readers of different blocks evict each other",
+                    opts.cache_bytes
+                );
+            }
+            let source = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+            (Served::One(Arc::new(archive)), path, source, cache_bytes)
+        }
+        Target::Many { label, entries } => {
+            check_entries(&entries)?;
+            // The cache keeps at least the block last decoded, whatever its
+            // size; a warning names an archive whose blocks it cannot hold
+            // two of, when it is opened.
+            let source = label.clone();
+            (Served::Many(entries), label, source, opts.cache_bytes)
+        }
+    };
     let mut config = Config::default();
     config.mount_options = vec![
         // The archive's path names the mount in mtab; a comma would split
@@ -102,7 +154,8 @@ pub fn mount(opts: &Options) -> Result<()> {
     config.n_threads = Some(opts.threads.clamp(1, MAX_SESSION_THREADS));
     config.clone_fd = true;
     let p = Prepared {
-        archive: Arc::new(archive),
+        served,
+        label,
         mountpoint,
         config,
         cache_bytes,
@@ -126,6 +179,56 @@ pub fn mount(opts: &Options) -> Result<()> {
             std::process::exit(code);
         }
     }
+}
+
+/// Entries' names must be file names, and distinct.
+fn check_entries(entries: &[Entry]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for e in entries {
+        let shown = String::from_utf8_lossy(&e.name);
+        if !crate::archive::valid_name(&e.name) {
+            return Err(Error::Other(format!(
+                "{shown:?} cannot name a directory of the mount"
+            )));
+        }
+        if !seen.insert(&e.name[..]) {
+            return Err(Error::Other(format!("two archives are named {shown:?}")));
+        }
+    }
+    if entries.len() >= u32::MAX as usize {
+        return Err(Error::Other(format!(
+            "{} archives are more than one mount can show",
+            entries.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The archive files `paths` as a multi-archive target (`hbb
+/// mount-archives`, for tests): each a directory named by its file's stem,
+/// dated by its file's mtime, opened by path when first looked into.
+pub fn archive_files(paths: &[PathBuf]) -> Result<Target> {
+    let mut entries = Vec::with_capacity(paths.len());
+    for p in paths {
+        // The daemon works from /: it must open by absolute path.
+        let path = std::path::absolute(p).map_err(|e| Error::io(p, e))?;
+        let time = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .map_err(|e| Error::io(&path, e))?;
+        let name = path
+            .file_stem()
+            .map(|s| s.as_bytes().to_vec())
+            .unwrap_or_default();
+        entries.push(Entry {
+            name,
+            time,
+            open: Box::new(move || Archive::open(&path)),
+        });
+    }
+    Ok(Target::Many {
+        label: "archives".into(),
+        entries,
+    })
 }
 
 /// Unmounts the FUSE mount at `mountpoint` (`hbb umount`).
@@ -396,8 +499,11 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
     // Before any thread starts, so that all inherit the mask and only the
     // signal thread takes these signals.
     let signals = block_signals();
-    let fs = fs::HbbFs::new(p.archive.clone(), p.cache_bytes, p.threads)
-        .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
+    let fs = match p.served {
+        Served::One(archive) => fs::HbbFs::new(archive, p.cache_bytes, p.threads),
+        Served::Many(entries) => fs::HbbFs::many(entries, p.cache_bytes, p.threads),
+    }
+    .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
     let session = fuser::Session::new(fs, &p.mountpoint, &p.config).map_err(|e| {
         let hint = if crate::sys::is_root() {
             ""
@@ -417,7 +523,7 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
         }
         None => eprintln!(
             "hbb: {} mounted on {}; Ctrl-C or `hbb umount {}` unmounts",
-            p.archive.path.display(),
+            p.label.display(),
             p.mountpoint.display(),
             p.mountpoint.display()
         ),

@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::archive::writer::{ArchiveWriter, Sink};
+use crate::archive::writer::{ArchiveWriter, FrameLoc, Sink};
 use crate::archive::*;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
@@ -42,11 +42,27 @@ pub struct Options {
     pub one_file_system: bool,
     pub allow_mounted_rw: bool,
     pub quiet: bool,
+    /// Into a repository (`archive` is then the snapshot's file in it).
+    pub repo: Option<RepoTarget>,
+}
+
+/// A snapshot into a repository: frames go to its packs, blocks it holds
+/// already are referred to, and unchanged files of `parent` are not read.
+pub struct RepoTarget {
+    pub root: PathBuf,
+    /// repo_id, name, tags and job; `parent` and `reused_files` are filled in.
+    pub info: SnapshotInfo,
+    /// The latest complete snapshot of the same source, if any.
+    pub parent: Option<Archive>,
+    pub known: HashMap<[u8; 32], FrameLoc>,
 }
 
 pub struct Outcome {
     pub meta: Meta,
     pub archive_bytes: u64,
+    pub ext: Extension,
+    /// Blocks that are new in the repository (hash, length, where).
+    pub new_blocks: Vec<([u8; 32], u32, FrameLoc)>,
 }
 
 /// What the source is and how it will be read.
@@ -230,6 +246,50 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
 
     let sink = Sink::create(&o.archive)?;
     let mut writer = ArchiveWriter::new(sink, o.block_size, archive_id)?;
+    let mut ext = Extension::default();
+    let mut parent = None;
+    let mut known_before = std::collections::HashSet::new();
+    if let Some(rt) = &o.repo {
+        let known = rt.known.clone();
+        known_before = known.keys().copied().collect();
+        writer = writer.into_packs(crate::repo::pack::PackWriter::new(&rt.root), known);
+        ext.snapshot = Some(rt.info.clone());
+        parent = rt.parent.as_ref().filter(|p| {
+            p.block_size() == o.block_size
+                && matches!(plan, Plan::Files { .. })
+                && !p
+                    .index
+                    .blocks
+                    .iter()
+                    .any(|b| matches!(b.loc, BlockLoc::Frame { .. }))
+        });
+    }
+    let mut source_ids: Vec<(u64, u64)> = Vec::new();
+    if o.repo.is_some() {
+        source_ids = vec![(0, 0); tree.inodes.len()];
+        for f in &tree.files {
+            source_ids[f.inode as usize] = (f.dev, f.ino);
+        }
+    }
+    // Unchanged files of the parent snapshot are taken from it unread.
+    let mut reused: Vec<(u32, u32)> = Vec::new();
+    if let (Some(p), Plan::Files { root }) = (parent, &plan) {
+        let files = std::mem::take(&mut tree.files);
+        for f in files {
+            match unchanged_in(p, root, &f) {
+                Some(pi) => {
+                    reused.push((f.inode, pi));
+                    tree.total_bytes = tree.total_bytes.saturating_sub(f.size);
+                }
+                None => tree.files.push(f),
+            }
+        }
+    }
+    let total = if matches!(plan, Plan::Files { .. }) {
+        tree.total_bytes
+    } else {
+        total
+    };
     let progress = Progress::new(total, o.quiet);
 
     let mut stats = std::mem::take(&mut tree.stats);
@@ -242,6 +302,9 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             for (ino, extents, size) in r.stored {
                 tree.inodes[ino as usize].body = Body::File { size, extents };
             }
+            if let Some(p) = parent {
+                reuse_files(p, &reused, &mut writer, &mut tree.inodes);
+            }
             stats.bytes_read = r.bytes_read;
             stats.dup_files = r.dup_files;
             tree.warnings.extend(r.warnings);
@@ -249,6 +312,14 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                 if let Body::File { .. } = tree.inodes[f as usize].body {
                     stats.files -= 1;
                 }
+            }
+            if !source_ids.is_empty() && !r.failed.is_empty() {
+                let failed: std::collections::HashSet<u32> = r.failed.iter().copied().collect();
+                let mut k = 0u32;
+                source_ids.retain(|_| {
+                    k += 1;
+                    !failed.contains(&(k - 1))
+                });
             }
             walk::drop_inodes(&mut tree, &r.failed);
         }
@@ -299,19 +370,108 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         users,
         groups,
     };
+    let sources = writer.take_sources();
+    let mut new_blocks = Vec::new();
+    if let Some(si) = &mut ext.snapshot {
+        si.parent = parent
+            .and_then(|p| p.ext.snapshot.as_ref().map(|s| s.name.clone()))
+            .unwrap_or_default();
+        si.reused_files = reused.len() as u64;
+        si.source_ids = source_ids;
+        let mut seen = std::collections::HashSet::new();
+        for b in &blocks {
+            if let BlockLoc::External {
+                source,
+                offset,
+                clen,
+            } = b.loc
+                && !known_before.contains(&b.hash)
+                && seen.insert(b.hash)
+            {
+                let pack = sources[source as usize].archive_id;
+                new_blocks.push((b.hash, b.len, FrameLoc::Pack { pack, offset, clen }));
+            }
+        }
+    }
     let index = Index {
         meta,
         blocks,
         inodes: tree.inodes,
         dirents: tree.dirents,
-        sources: Vec::new(),
+        sources,
     };
     let stored = index.meta.stats.bytes_stored;
-    writer.finish(&index, o.level.max(3))?;
+    writer.finish(&index, &ext, o.level.max(3))?;
     Ok(Outcome {
         meta: index.meta,
         archive_bytes: stored,
+        ext,
+        new_blocks,
     })
+}
+
+/// The parent's inode for `f` if the file is unchanged since: the same
+/// size, mtime, ctime and inode number (the test borg and restic make).
+fn unchanged_in(p: &Archive, root: &Path, f: &FileJob) -> Option<u32> {
+    let rel = f.path.strip_prefix(root).ok()?;
+    let pi = p.resolve(rel.as_os_str().as_bytes())?;
+    let ino = p.inode(pi);
+    let Body::File { size, .. } = &ino.body else {
+        return None;
+    };
+    let ids = &p.ext.snapshot.as_ref()?.source_ids;
+    let same = *size == f.size
+        && ino.mtime == f.mtime
+        && ino.ctime == f.ctime
+        && ids
+            .get(pi as usize)
+            .is_some_and(|&(_, i)| i == f.ino && i != 0);
+    same.then_some(pi)
+}
+
+/// Gives each reused file the parent's data: the parent's blocks it
+/// touches are appended to this snapshot's block list (once each) and its
+/// extents are moved onto them, split at block boundaries.
+fn reuse_files(p: &Archive, reused: &[(u32, u32)], w: &mut ArchiveWriter, inodes: &mut [Inode]) {
+    let bs = p.block_size();
+    let mut map: HashMap<u64, u64> = HashMap::new();
+    for &(ino, pi) in reused {
+        let Body::File { size, extents } = &p.inode(pi).body else {
+            continue;
+        };
+        let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+        for e in extents {
+            let mut done = 0u64;
+            while done < e.len {
+                let s = e.stream + done;
+                let j = s / bs;
+                let n = (e.len - done).min((j + 1) * bs - s);
+                let k = *map.entry(j).or_insert_with(|| {
+                    let b = &p.index.blocks[j as usize];
+                    let at = match b.loc {
+                        BlockLoc::Zero => None,
+                        BlockLoc::Frame { offset, clen } => Some(FrameLoc::Here { offset, clen }),
+                        BlockLoc::External {
+                            source,
+                            offset,
+                            clen,
+                        } => Some(FrameLoc::Pack {
+                            pack: p.index.sources[source as usize].archive_id,
+                            offset,
+                            clen,
+                        }),
+                    };
+                    w.push_stored(b.len, b.hash, at)
+                });
+                extend_or_push(&mut out, e.offset + done, k * bs + (s - j * bs), n);
+                done += n;
+            }
+        }
+        inodes[ino as usize].body = Body::File {
+            size: *size,
+            extents: out,
+        };
+    }
 }
 
 /// The tree of a volume archive: a root holding one file named after the source.

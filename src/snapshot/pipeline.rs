@@ -208,7 +208,13 @@ pub fn run<R: Send>(
     }
     let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(slots);
     let (done_tx, done_rx) = unbounded::<Result<Done>>();
-    let stored = RwLock::new(HashSet::<[u8; 32]>::new());
+    // Blocks already stored (in a repository) are not compressed again.
+    let stored = RwLock::new(
+        writer
+            .known_hashes()
+            .copied()
+            .collect::<HashSet<[u8; 32]>>(),
+    );
 
     std::thread::scope(|s| {
         let producer = std::thread::Builder::new()

@@ -169,6 +169,25 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// Deterministic bytes that do not compress (xorshift output), for tests
+/// that count stored bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+pub fn write_noise(p: &Path, len: usize, seed: u64) {
+    fs::write(p, noise(len, seed)).unwrap();
+}
+
 pub fn write_pattern(p: &Path, len: usize, seed: u64) {
     fs::write(p, pattern(len, seed)).unwrap();
 }

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
     hbb::logging::init(cli.verbose, cli.quiet);
     // A reader of `ls` or `cat` that stops early is not an error; a pipe
     // that closes under `snapshot -` is (the archive is incomplete).
-    let quiet_pipe = matches!(cli.cmd, Cmd::Ls(_) | Cmd::Cat(_));
+    let quiet_pipe = !matches!(cli.cmd, Cmd::Snapshot(_));
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -111,8 +111,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "warnings": m.warnings,
                     "stats": s,
                     "seconds": secs,
-                    "snapshot": row,
                 });
+                let mut j = j;
+                if let Some(row) = &row {
+                    // Into a repository: the snapshot as `hbb list --json` shows it.
+                    j["snapshot"] = serde_json::to_value(row)?;
+                }
                 let text = serde_json::to_string_pretty(&j)?;
                 if a.archive.as_os_str() == "-" {
                     eprintln!("{text}");
@@ -171,7 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     "complete": r.problems.is_empty(),
                     "problems": r.problems,
                 });
-                println!("{}", serde_json::to_string_pretty(&j)?);
+                print_json(&j)?;
             } else {
                 info!(
                     "restored {} entries, {} bytes into {}",
@@ -217,12 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 reports.push(serde_json::json!({"snapshot": name, "report": r}));
             }
             if a.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({"ok": all_ok, "snapshots": reports})
-                    )?
-                );
+                print_json(&serde_json::json!({"ok": all_ok, "snapshots": reports}))?;
             }
             Ok(if all_ok {
                 exit::OK
@@ -236,7 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let r = verify::verify(&path, a.source.as_deref(), threads)
                 .with_context(|| format!("verify of {} failed", a.archive.display()))?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                print_json(&r)?;
             } else {
                 for b in &r.bad_blocks {
                     error!("bad block {} at offset {}: {}", b.block, b.offset, b.error);
@@ -266,7 +265,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
             let i = inspect::info(&ar);
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&i)?);
+                print_json(&i)?;
             } else {
                 inspect::print_info(&i, &mut std::io::stdout().lock())?;
             }
@@ -333,7 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let cat = hbb::repo::catalog::Catalog::open(&repo)?;
             let rows = cat.snapshots()?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                print_json(&rows)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -378,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             };
             let r = hbb::repo::prune::prune(&a.repo, &o)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
+                print_json(&r)?;
             } else {
                 for d in &r.snapshots {
                     info!(
@@ -432,7 +431,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let home = hbb::master::home(cli.home.as_deref());
             let st = hbb::master::status(&home)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&st)?);
+                print_json(&st)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -486,7 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             });
             let runs = m.runs(what.as_deref(), a.limit)?;
             if a.json {
-                println!("{}", serde_json::to_string_pretty(&runs)?);
+                print_json(&runs)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
@@ -541,6 +540,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Pretty JSON on stdout; a closed pipe is an error, not a panic.
+fn print_json<T: serde::Serialize + ?Sized>(v: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    writeln!(std::io::stdout().lock(), "{text}")?;
+    Ok(())
 }
 
 fn human(n: u64) -> String {
@@ -664,7 +670,7 @@ fn job_cmd(
             let m = hbb::master::Master::open(&home)?;
             let jobs = m.jobs()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&jobs)?);
+                print_json(&jobs)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(

@@ -61,7 +61,7 @@ impl Master {
 }
 
 /// SIGTERM, then the daemon's stderr.
-fn stop(mut c: Child) -> String {
+fn stop(c: Child) -> String {
     let _ = Command::new("kill").arg(c.id().to_string()).status();
     let out = c.wait_with_output().unwrap();
     assert!(

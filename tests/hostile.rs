@@ -591,7 +591,7 @@ fn other_formats_and_future_versions() {
     h[header::CHECK..header::CHECK + 4].copy_from_slice(&c.to_le_bytes());
     bytes[..HEADER_SIZE].copy_from_slice(&h);
     fs::write(&s.arc, &bytes).unwrap();
-    refused(&s, "version 2.0 is not supported");
+    refused(&s, "version 2.1 is not supported");
     // A flag this version does not know: refused, not ignored.
     let s3 = scene("flags");
     craft(&s3.arc, vec![], |_| {});

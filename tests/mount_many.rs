@@ -272,13 +272,13 @@ fn make_archives(t: &Tmp, srcs: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The tree under `src` against the one under `mnt`, entry `arc`'s
-/// directory, with compare_trees. That directory is made up (mode 0555,
+/// directory, with compare_trees. That directory is made up (mode 0500,
 /// the mounting user's, dated by the archive's file), so the source's root
 /// is given the same mode and time first: its own are not shown. Then
 /// link counts and hard-link identity, both ways.
 #[track_caller]
 fn compare_entry(src: &Path, mnt: &Path, arc: &Path) {
-    fs::set_permissions(src, fs::Permissions::from_mode(0o555)).unwrap();
+    fs::set_permissions(src, fs::Permissions::from_mode(0o500)).unwrap();
     let when = mtime(&fs::metadata(arc).unwrap());
     fs::File::open(src).unwrap().set_modified(when).unwrap();
     compare_trees(src, mnt);
@@ -354,7 +354,7 @@ fn three_archives_mount_as_three_directories() {
         let d = fs::metadata(mp.join(name)).unwrap();
         assert!(d.is_dir(), "{name}");
         assert_eq!(d.ino(), ((k as u64 + 1) << 32) | 1, "{name}");
-        assert_eq!(d.mode() & 0o7777, 0o555, "{name}");
+        assert_eq!(d.mode() & 0o7777, 0o500, "{name}");
         assert_eq!(mtime(&d), mtime(&fs::metadata(arc).unwrap()), "{name}");
         assert_eq!(d.ctime(), d.mtime(), "{name}");
         // ".." of an entry's root is the top directory, "." itself; ".."

@@ -59,8 +59,13 @@ const IO_SIZE: u32 = 1 << 20;
 const SEQ_WINDOW: u64 = 1 << 20;
 /// Files whose read position is remembered for read-ahead.
 const SEQ_FILES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
-/// Mode of the made-up directories of a multi-archive mount: r-x for all.
+/// Mode of the made-up top directory of a multi-archive mount: r-x for all.
 const TOP_PERM: u16 = 0o555;
+/// Mode of each archive's made-up directory: its owner (the mounting user)
+/// only. The archive root's own mode is not known before the archive is
+/// opened, so with allow_other nobody else may enter: a snapshot of a 0700
+/// home directory never becomes readable to other users.
+const ENTRY_PERM: u16 = 0o500;
 
 pub struct HbbFs {
     /// With many archives: the top directory (inode 1). Without, the one
@@ -384,6 +389,7 @@ impl HbbFs {
             INodeNo(1),
             top.time,
             (self.slots.len() as u32).saturating_add(2),
+            TOP_PERM,
         )
     }
 
@@ -393,10 +399,17 @@ impl HbbFs {
     fn entry_attr(&self, top: &Top, k: u32) -> Result<FileAttr, Errno> {
         let slot = self.slots.get(k as usize).ok_or(Errno::ESTALE)?;
         let ino = INodeNo(((u64::from(k) + 1) << 32) | 1);
-        Ok(self.dir_attr(top, ino, slot.time, 1))
+        Ok(self.dir_attr(top, ino, slot.time, 1, ENTRY_PERM))
     }
 
-    fn dir_attr(&self, top: &Top, ino: INodeNo, time: SystemTime, nlink: u32) -> FileAttr {
+    fn dir_attr(
+        &self,
+        top: &Top,
+        ino: INodeNo,
+        time: SystemTime,
+        nlink: u32,
+        perm: u16,
+    ) -> FileAttr {
         FileAttr {
             ino,
             size: 4096,
@@ -406,7 +419,7 @@ impl HbbFs {
             ctime: time,
             crtime: time,
             kind: FileType::Directory,
-            perm: TOP_PERM,
+            perm,
             nlink,
             uid: top.uid,
             gid: top.gid,

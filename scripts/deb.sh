@@ -70,7 +70,7 @@ install -d "$pkg/usr/share/bash-completion/completions" \
 chmod 644 "$pkg"/usr/share/*/*/hbb "$pkg"/usr/share/zsh/*/_hbb "$pkg"/usr/share/fish/*/hbb.fish
 
 # systemd units and the command they run.
-install -Dm644 -t "$pkg/lib/systemd/system" dist/systemd/hbb-snapshot@.service dist/systemd/hbb-snapshot@.timer
+install -Dm644 -t "$pkg/lib/systemd/system" dist/systemd/hbb-snapshot@.service dist/systemd/hbb-snapshot@.timer dist/systemd/hbb-daemon.service
 install -Dm755 dist/snapshot-unit "$pkg/usr/lib/hbb/snapshot-unit"
 
 # Documentation. README's links (docs/MOUNT.md...) resolve beside it.
@@ -123,7 +123,9 @@ Description: high-speed bulk backup: block-parallel zstd archives
  from fstab, as type fuse.hbb).
  .
  Scheduled snapshots: the systemd units hbb-snapshot@NAME.timer and
- hbb-snapshot@NAME.service, configured in /etc/hbb/snapshot/NAME.conf.
+ hbb-snapshot@NAME.service, configured in /etc/hbb/snapshot/NAME.conf;
+ or repositories (incremental, deduplicated, pruned by retention rules)
+ with jobs run by the scheduler, hbb-daemon.service.
 EOF
 reload='# New or removed unit files: let a running systemd see them.
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then

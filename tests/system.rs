@@ -645,6 +645,7 @@ fn debian_package() {
         "./usr/share/fish/vendor_completions.d/hbb.fish",
         "./lib/systemd/system/hbb-snapshot@.service",
         "./lib/systemd/system/hbb-snapshot@.timer",
+        "./lib/systemd/system/hbb-daemon.service",
         "./usr/lib/hbb/snapshot-unit",
         "./usr/share/doc/hbb/README.md",
         "./usr/share/doc/hbb/docs/JSON.md",
@@ -786,6 +787,7 @@ fn debian_package() {
             "verify",
             "/lib/systemd/system/hbb-snapshot@.service",
             "/lib/systemd/system/hbb-snapshot@.timer",
+            "/lib/systemd/system/hbb-daemon.service",
         ],
     );
     assert!(
@@ -807,6 +809,20 @@ fn debian_package() {
     assert!(
         o.status.success(),
         "systemd-analyze security: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = sh(
+        "systemd-analyze",
+        &[
+            "security",
+            "--offline=true",
+            "--threshold=20",
+            "/lib/systemd/system/hbb-daemon.service",
+        ],
+    );
+    assert!(
+        o.status.success(),
+        "systemd-analyze security of the daemon: {}",
         String::from_utf8_lossy(&o.stdout)
     );
     let dest = t.path("dest");

@@ -50,7 +50,7 @@ import time
 MiB = 1 << 20
 KiB = 1 << 10
 PAGE = 4096
-FIGURES = ["snapshot", "restore", "mount", "sweep", "scale"]
+FIGURES = ["snapshot", "restore", "mount", "sweep", "scale", "incremental"]
 
 
 # --------------------------------------------------------------- helpers
@@ -974,6 +974,106 @@ class Bench:
             res["mount"][m] = r
         self.save("scale", res)
 
+
+    # ================================================================ incremental
+
+    def fig_incremental(self):
+        """Figure 6: a second snapshot of K after 1% of its files changed, by
+        hbb into a repository, borg and restic (time, bytes added); then each
+        repository grown to 30 snapshots and mounted whole (time, memory)."""
+        work = os.path.join(self.work, "inc")
+        rm(work)
+        os.makedirs(work)
+        tree = os.path.join(work, os.path.basename(self.K.rstrip("/")))
+        self.run(["cp", "-a", self.K, tree])
+        files = []
+        for d, _dirs, names in os.walk(tree):
+            for n in names:
+                p = os.path.join(d, n)
+                if os.path.isfile(p) and not os.path.islink(p):
+                    files.append(p)
+        files.sort()
+        rnd = random.Random(6)
+
+        def touch(k):
+            pick = rnd.sample(files, max(1, len(files) // 100))
+            for f in pick:
+                with open(f, "ab") as fh:
+                    fh.write(f"\n/* hbb bench change {k} */\n".encode())
+            return len(pick)
+
+        tools = ["hbb", "borg", "restic"]
+        repos = {t: os.path.join(work, f"repo-{t}") for t in tools}
+
+        def snap(t, k):
+            r = repos[t]
+            if t == "hbb":
+                return [self.hbb, "snapshot", tree, r, "--level", "3", "--quiet", "--name", f"s{k:02}"], None
+            if t == "borg":
+                return ["borg", "create", "--compression", "zstd,3", f"{r}::s{k:02}", "."], tree
+            return ["restic", "-r", r, "--compression", "auto", "backup", "-q", tree], None
+
+        self.run([self.hbb, "repo", "init", "--quiet", repos["hbb"]])
+        rm(self.env["BORG_BASE_DIR"])
+        self.run(["borg", "init", "-e", "none", repos["borg"]])
+        rm(self.env["RESTIC_CACHE_DIR"])
+        self.run(["restic", "-r", repos["restic"], "init", "--repository-version", "2"])
+        res = {"files": len(files), "bytes": tree_bytes(tree)[0], "first": {}, "second": {}, "mount30": {}}
+        for t in tools:
+            say(f"first snapshot: {t}")
+            self.warm(tree)
+            cmd, cwd = snap(t, 1)
+            r = self.measure(cmd, cwd=cwd)
+            res["first"][t] = {"wall": r["wall"], "bytes": path_bytes(repos[t])}
+        res["changed"] = touch(2)
+        for t in tools:
+            say(f"second snapshot, {res['changed']} files changed: {t}")
+            self.warm(tree)
+            before = path_bytes(repos[t])
+            cmd, cwd = snap(t, 2)
+            r = self.measure(cmd, cwd=cwd)
+            r["added"] = path_bytes(repos[t]) - before
+            res["second"][t] = r
+            say(f"  {r['wall']:.2f} s, {r['added'] / 1e6:.2f} MB added, rss {r['rss'] / MiB:.0f} MiB")
+        say("growing each repository to 30 snapshots")
+        for k in range(3, 31):
+            touch(k)
+            for t in tools:
+                cmd, cwd = snap(t, k)
+                self.run(cmd, cwd=cwd)
+        for t in tools:
+            r = repos[t]
+            mnt = os.path.join(self.mnt, f"{t}-repo")
+            if t == "hbb":
+                if not self.hbb_mount:
+                    continue
+                cmd = [self.hbb, "mount", r, mnt]
+                if self.hbb_mount["foreground"]:
+                    cmd.insert(2, self.hbb_mount["foreground"])
+                m = Mount(self, t, cmd, mnt, daemon_hbb=not self.hbb_mount["foreground"])
+                inside = lambda root: os.path.join(root, "s30")
+            elif t == "borg":
+                m = Mount(self, t, ["borg", "mount", "-f", r, mnt], mnt, env=self.env)
+                inside = lambda root: os.path.join(root, "s30")
+            else:
+                m = Mount(self, t, ["restic", "-r", r, "mount", mnt], mnt, env=self.env)
+                inside = lambda root: os.path.join(root, "snapshots", "latest", tree.lstrip("/"))
+            say(f"mount the 30-snapshot repository: {t}")
+            drop_caches()
+            with m as mo:
+                x = {"mount_ls_s": mo.mount_seconds, "rss_after_ls": mo.rss()[0],
+                     "entries": len(os.listdir(mo.root))}
+                t0 = time.monotonic()
+                x["ls_snapshot_entries"] = len(os.listdir(inside(mo.root)))
+                x["ls_snapshot_s"] = time.monotonic() - t0
+                x["rss"], x["hwm"] = mo.rss()
+            x["repo_bytes"] = path_bytes(r)
+            res["mount30"][t] = x
+            say(f"  mounted and listing in {x['mount_ls_s']:.3f} s, rss {x['rss_after_ls'] / MiB:.0f} MiB; "
+                f"one snapshot's root listed in {x['ls_snapshot_s']:.3f} s; repository {x['repo_bytes'] / 1e6:.0f} MB")
+        self.save("incremental", res)
+        rm(work)
+
     # ================================================================ meta
 
     def meta(self):
@@ -1277,6 +1377,34 @@ def render(results_dir, out, mode):
         for m, r in d["mount"].items():
             w(f"| {m} | {r['mount_ls_s']:.3f} | {mib(r['rss_after_ls'])} | {r['ls_dir_s']:.3f} | {fmt_s(r['walk_s'])} | "
               f"{r['walk_entries']} | {mib(r['rss'])} | {mib(r['hwm'])} |")
+        w("")
+
+    inc = R.get("incremental")
+    if inc:
+        d = inc["data"]
+        w(f"## 6. Incremental: second snapshot of K, and a repository of 30 snapshots  {when(inc)}")
+        w("")
+        w(f"A copy of K ({d['files']} files, {d['bytes'] / 1e6:.0f} MB); {d['changed']} files (1 %) get a line "
+          f"appended before each snapshot after the first. One run of each (the repositories change with every run); "
+          f"page cache warm.")
+        w("")
+        w("| tool | first s | first MB | second s | × hbb | bytes added MB | second user+sys s | second peak RSS MiB |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        h2 = d["second"].get("hbb", {}).get("wall")
+        for t in ("hbb", "borg", "restic"):
+            f1, s2 = d["first"].get(t), d["second"].get(t)
+            if not f1 or not s2:
+                continue
+            w(f"| {t} | {fmt_s(f1['wall'])} | {f1['bytes'] / 1e6:.1f} | {fmt_s(s2['wall'])} | {times(s2['wall'], h2)} | "
+              f"{s2['added'] / 1e6:.2f} | {s2['user'] + s2['sys']:.1f} | {mib(s2['rss'])} |")
+        w("")
+        w("Each repository then holds 30 snapshots; mounted whole with the page cache dropped:")
+        w("")
+        w("| mount | mounted + `ls` s | RSS then MiB | `ls` of the newest snapshot's root s | RSS after MiB | repository MB |")
+        w("|---|---:|---:|---:|---:|---:|")
+        for t, x in d["mount30"].items():
+            w(f"| {t} | {x['mount_ls_s']:.3f} | {mib(x['rss_after_ls'])} | {x['ls_snapshot_s']:.3f} | {mib(x['rss'])} | "
+              f"{x['repo_bytes'] / 1e6:.0f} |")
         w("")
 
     w("## Plots")

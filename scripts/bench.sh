@@ -6,12 +6,12 @@
 #   scripts/bench.sh                  # everything: ~35 min on 2 cores; writes docs/BENCHMARKS.md + docs/bench-*.png
 #   scripts/bench.sh --quick          # small corpora, few points, one repetition: ~2.5 min, to check
 #                                     # that the script works; writes into CACHE/quick/, not docs/
-#   scripts/bench.sh --only mount     # one figure (snapshot|restore|mount|sweep|scale), repeatable;
+#   scripts/bench.sh --only mount     # one figure (snapshot|restore|mount|sweep|scale|incremental), repeatable;
 #                                     # the report is rebuilt from this and earlier runs' results
 #
 # Options:
 #   --quick            smaller corpora, fewer points, 1 repetition
-#   --only FIGURE      snapshot, restore, mount, sweep or scale (the issue's figures 1-5; repeatable,
+#   --only FIGURE      snapshot, restore, mount, sweep, scale or incremental (figures 1-6; repeatable,
 #                      or comma-separated)
 #   --reps N           repetitions of each timed command (median reported; default 3, --quick 1)
 #   --cache DIR        where corpora, archives and results live (default $HBB_BENCH_CACHE or /var/tmp/hbb-bench)
@@ -60,13 +60,13 @@ while (($#)); do
     esac
     shift
 done
-figures=(snapshot restore mount sweep scale)
+figures=(snapshot restore mount sweep scale incremental)
 if ((${#only[@]} == 0)); then only=("${figures[@]}"); fi
 for i in "${!only[@]}"; do
     f=${only[$i]}
-    # The issue numbers its figures 1-5: accept those too.
-    if [[ $f =~ ^[1-5]$ ]]; then f=${figures[$((f - 1))]}; only[i]=$f; fi
-    [[ " ${figures[*]} " == *" $f "* ]] || { echo "bench: unknown figure '$f' (one of: ${figures[*]}, or 1-5)" >&2; exit 2; }
+    # The issues number the figures 1-6: accept those too.
+    if [[ $f =~ ^[1-6]$ ]]; then f=${figures[$((f - 1))]}; only[i]=$f; fi
+    [[ " ${figures[*]} " == *" $f "* ]] || { echo "bench: unknown figure '$f' (one of: ${figures[*]}, or 1-6)" >&2; exit 2; }
 done
 wants() { [[ " ${only[*]} " == *" $1 "* ]]; }
 

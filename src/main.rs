@@ -261,6 +261,38 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if r.ok { exit::OK } else { exit::VERIFY_FAILED })
         }
+        Cmd::Info(a) if hbb::repo::is_repo(&a.archive) => {
+            let i = repo_info(&a.archive)?;
+            if a.json {
+                print_json(&i)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(
+                    out,
+                    "repository:   {} (id {}, created {})",
+                    i.path, i.id, i.created
+                )?;
+                writeln!(
+                    out,
+                    "snapshots:    {} of {} sources",
+                    i.snapshots, i.sources
+                )?;
+                writeln!(
+                    out,
+                    "data:         {} in the snapshots",
+                    human(i.data_bytes)
+                )?;
+                writeln!(
+                    out,
+                    "stored:       {} in {} packs (ratio {:.2}: compression and deduplication)",
+                    human(i.stored_bytes),
+                    i.packs,
+                    i.ratio
+                )?;
+                writeln!(out, "newest:       {}", i.newest)?;
+            }
+            Ok(exit::OK)
+        }
         Cmd::Info(a) => {
             let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
             let i = inspect::info(&ar);
@@ -562,6 +594,46 @@ fn human(n: u64) -> String {
     } else {
         format!("{v:.1} {}", U[k])
     }
+}
+
+#[derive(serde::Serialize)]
+struct RepoInfo {
+    path: String,
+    id: String,
+    created: String,
+    snapshots: u64,
+    sources: u64,
+    data_bytes: u64,
+    stored_bytes: u64,
+    packs: u64,
+    ratio: f64,
+    newest: String,
+}
+
+fn repo_info(path: &std::path::Path) -> anyhow::Result<RepoInfo> {
+    let repo = hbb::repo::Repo::open(path)?;
+    let rows = hbb::repo::catalog::Catalog::open(&repo)?.snapshots()?;
+    let packs = repo.pack_ids()?;
+    let mut stored = 0u64;
+    for id in &packs {
+        let p = repo.root.join(hbb::repo::pack::rel_path(id));
+        stored += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+    }
+    let data: u64 = rows.iter().map(|r| r.size).sum();
+    let sources: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| (&r.host, &r.source)).collect();
+    Ok(RepoInfo {
+        path: repo.root.display().to_string(),
+        id: repo.config.id.clone(),
+        created: repo.config.created.clone(),
+        snapshots: rows.len() as u64,
+        sources: sources.len() as u64,
+        data_bytes: data,
+        stored_bytes: stored,
+        packs: packs.len() as u64,
+        ratio: data as f64 / stored.max(1) as f64,
+        newest: rows.last().map(|r| r.name.clone()).unwrap_or_default(),
+    })
 }
 
 /// Every snapshot of a repository as a directory, opened when first looked into.

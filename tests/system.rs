@@ -895,6 +895,9 @@ fn repository_json_outputs_match_docs() {
     let o = hbb(&["list", "--json", s(&repo)]);
     assert_ok(&o);
     check_json("list", &o.stdout, true);
+    let o = hbb(&["info", "--json", s(&repo)]);
+    assert_ok(&o);
+    check_json("info REPO", &o.stdout, true);
     let o = hbb(&["prune", "--json", "--dry-run", "--keep-last", "1", s(&repo)]);
     assert_ok(&o);
     check_json("prune", &o.stdout, false);

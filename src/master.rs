@@ -340,6 +340,19 @@ impl Master {
 
 /// Holds `HOME/locks/JOB.lock`: one run of a job at a time, whoever starts it.
 fn job_lock(home: &Path, name: &str) -> Result<std::fs::File> {
+    try_job_lock(home, name)?.ok_or_else(|| {
+        Error::Other(format!(
+            "job {name:?} is running already; one run of a job at a time"
+        ))
+    })
+}
+
+/// Whether a run of the job holds its lock now (whoever started it).
+fn job_busy(home: &Path, name: &str) -> bool {
+    matches!(try_job_lock(home, name), Ok(None))
+}
+
+fn try_job_lock(home: &Path, name: &str) -> Result<Option<std::fs::File>> {
     let dir = home.join("locks");
     std::fs::create_dir_all(&dir).at(&dir)?;
     let p = dir.join(format!("{name}.lock"));
@@ -353,10 +366,8 @@ fn job_lock(home: &Path, name: &str) -> Result<std::fs::File> {
         f.as_fd(),
         rustix::fs::FlockOperation::NonBlockingLockExclusive,
     ) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Other(format!(
-            "job {name:?} is running already; one run of a job at a time"
-        ))),
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
         Err(e) => Err(Error::io(&p, e.into())),
     }
 }
@@ -461,6 +472,33 @@ pub fn run_job(
     Ok((code, row))
 }
 
+/// Marks as abandoned the runs still `running` whose process is gone: no
+/// process holds the job's lock, and the run was started by hand (its pid
+/// recorded) or no daemon is up to record how its child ended.
+fn end_dead_runs(m: &Master, home: &Path) -> Result<()> {
+    let mut st =
+        m.db.prepare("SELECT id, job, pid FROM runs WHERE status = 'running'")
+            .map_err(dberr)?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(dberr)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(dberr)?;
+    let daemon_up = rows.iter().any(|r| r.2 == 0) && daemon_lock(home).is_err();
+    for (id, job, pid) in rows {
+        if (pid != 0 || !daemon_up) && !job_busy(home, &job) {
+            m.end_unfinished(id, "abandoned", "its process ended without recording how")?;
+        }
+    }
+    Ok(())
+}
+
 /// A job's state at a glance.
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
@@ -491,6 +529,7 @@ pub struct JobStatus {
 
 pub fn status(home: &Path) -> Result<Vec<JobStatus>> {
     let m = Master::open(home)?;
+    end_dead_runs(&m, home)?;
     let now = now_ns();
     let mut out = Vec::new();
     for j in m.jobs()? {
@@ -598,6 +637,8 @@ struct JobState {
     trigger: &'static str,
     /// Failed attempts in a row.
     failures: u32,
+    /// The schedule `next` was computed from.
+    schedule: String,
 }
 
 /// Runs jobs when due until SIGTERM/SIGINT. See the module's doc.
@@ -613,9 +654,10 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| Error::Other(format!("own executable: {e}")))?;
     let mut state: HashMap<String, JobState> = HashMap::new();
     let mut running: HashMap<String, Running> = HashMap::new();
-    // Runs a crashed daemon left marked `running` are over.
+    // Runs a crashed daemon left marked `running` are over, unless their
+    // process still holds the job's lock (a run started by hand).
     for r in m.runs(None, 1000)? {
-        if r.status == "running" {
+        if r.status == "running" && !job_busy(home, &r.job) {
             m.end_unfinished(r.id, "abandoned", "the daemon stopped during the run")?;
         }
     }
@@ -630,7 +672,12 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
         }
         let now = now_ns();
         let jobs = m.jobs()?;
-        state.retain(|k, _| jobs.iter().any(|j| &j.name == k));
+        // A job removed, or changed (`job add --replace`) to another
+        // schedule, is forgotten; a changed one is then planned anew.
+        state.retain(|k, js| {
+            jobs.iter()
+                .any(|j| &j.name == k && j.schedule == js.schedule)
+        });
         for j in &jobs {
             let Ok(s) = Schedule::parse(&j.schedule) else {
                 continue;
@@ -659,6 +706,7 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
                     next,
                     trigger,
                     failures: 0,
+                    schedule: j.schedule.clone(),
                 },
             );
         }
@@ -720,6 +768,13 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
                 .and_then(|t| t.timestamp_nanos_opt())
                 .unwrap_or(i64::MAX);
             js.trigger = "schedule";
+            if job_busy(home, &j.name) {
+                log::warn!(
+                    "job {}: running already (started by hand); that slot is skipped",
+                    j.name
+                );
+                continue;
+            }
             if trigger != "retry" {
                 js.failures = 0;
             }
@@ -739,6 +794,9 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
                 trigger,
             ]);
             cmd.stdin(std::process::Stdio::null());
+            // Its own process group: a Ctrl-C meant for the daemon does not
+            // reach the job; the daemon decides (abandon or --finish-on-stop).
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
             match cmd.spawn() {
                 Ok(child) => {
                     log::info!("job {}: started ({trigger}), pid {}", j.name, child.id());

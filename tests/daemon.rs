@@ -281,3 +281,119 @@ fn sigterm_abandons_a_running_snapshot_cleanly() {
     assert!(partial.is_empty(), "{partial:?}");
     assert_ok(&hbb(&["verify", "-q", s(&repo)]));
 }
+
+#[test]
+fn a_job_replaced_with_a_new_schedule_runs_on_it_without_a_restart() {
+    let m = Master::new("daemon-replace");
+    let (src, repo) = (m.t.path("src"), m.t.path("repo"));
+    let add = |schedule: &str, replace: bool| {
+        let mut a = vec![
+            "job",
+            "add",
+            "j",
+            "--source",
+            s(&src),
+            "--repo",
+            s(&repo),
+            "--schedule",
+            schedule,
+        ];
+        if replace {
+            a.push("--replace");
+        }
+        assert_ok(&m.hbb(&a));
+    };
+    add("yearly", false);
+    let d = m.daemon(&[]);
+    // The daemon has seen the job (next run: next New Year).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(m.history().is_empty());
+    add("every 2s", true);
+    wait_until("a run on the new schedule", 20, || {
+        m.history().iter().any(|r| r["status"] == "ok")
+    });
+    stop(d);
+}
+
+#[test]
+fn a_slot_during_a_run_by_hand_is_skipped_not_failed() {
+    let m = Master::new("daemon-by-hand");
+    let (src, repo) = (m.t.path("big"), m.t.path("repo"));
+    std::fs::create_dir_all(&src).unwrap();
+    for k in 0..4 {
+        write_noise(&src.join(format!("n{k}")), 8 << 20, k);
+    }
+    assert_ok(&m.hbb(&[
+        "job",
+        "add",
+        "slow",
+        "--source",
+        s(&src),
+        "--repo",
+        s(&repo),
+        "--schedule",
+        "every 2s",
+        "--level",
+        "19",
+    ]));
+    let home = m.home();
+    let by_hand = Command::new(bin())
+        .args(["--home", &home, "-q", "job", "run", "slow"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the run by hand starts", 30, || {
+        m.history().iter().any(|r| r["status"] == "running")
+    });
+    let d = m.daemon(&[]);
+    // Slots pass while the run by hand goes on.
+    std::thread::sleep(Duration::from_secs(5));
+    let o = by_hand.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = stop(d);
+    let runs = m.history();
+    assert_eq!(runs[0]["trigger"], "manual", "{runs:?}");
+    assert_eq!(runs[0]["status"], "ok", "{runs:?}");
+    for r in &runs {
+        assert_ne!(r["status"], "failed", "{r}\n{log}");
+    }
+}
+
+#[test]
+fn a_run_by_hand_that_was_killed_is_not_shown_running_forever() {
+    let m = Master::new("daemon-killed-by-hand");
+    let (src, repo) = (m.t.path("big"), m.t.path("repo"));
+    std::fs::create_dir_all(&src).unwrap();
+    for k in 0..4 {
+        write_noise(&src.join(format!("n{k}")), 8 << 20, k);
+    }
+    assert_ok(&m.hbb(&[
+        "job",
+        "add",
+        "slow",
+        "--source",
+        s(&src),
+        "--repo",
+        s(&repo),
+        "--schedule",
+        "daily 03:00",
+        "--level",
+        "19",
+    ]));
+    let home = m.home();
+    let mut by_hand = Command::new(bin())
+        .args(["--home", &home, "-q", "job", "run", "slow"])
+        .spawn()
+        .unwrap();
+    wait_until("the run starts", 30, || {
+        m.history().iter().any(|r| r["status"] == "running")
+    });
+    by_hand.kill().unwrap();
+    by_hand.wait().unwrap();
+    let o = m.hbb(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st[0]["running"], false, "{st}");
+    assert_eq!(st[0]["last_status"], "abandoned", "{st}");
+    assert_eq!(st[0]["attention"], true, "{st}");
+    assert_eq!(o.status.code(), Some(3));
+}

@@ -474,3 +474,61 @@ fn an_interrupted_snapshot_counts_for_nothing_and_the_next_resumes() {
         assert_ok(&hbb(&["verify", "-q", s(&repo)]));
     }
 }
+
+/// Starts hbb with `HBB_STALL=POINT:FLAG` and returns once it waits at POINT
+/// (it goes on when FLAG is removed).
+fn stalled(args: &[&str], point: &str, flag: &Path, env: &[(&str, &str)]) -> std::process::Child {
+    let mut c = Command::new(bin());
+    c.args(args)
+        .env("HBB_STALL", format!("{point}:{}", s(flag)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let child = c.spawn().unwrap();
+    wait_until("the stall point", 60, || flag.exists());
+    child
+}
+
+#[test]
+fn a_catalog_read_during_prune_does_not_hide_the_prune_from_the_next_writer() {
+    let t = Tmp::new("repo-prune-list");
+    let (src, repo) = prune_fixture(&t);
+    let flag = t.path("stall");
+    // Prune stops once it has marked the catalog dirty, and is killed
+    // after gc, before it rebuilds the catalog.
+    let c = stalled(
+        &["prune", "-q", s(&repo), "--keep-last", "1"],
+        "prune-marked",
+        &flag,
+        &[("HBB_FAULT", "prune-gc-done")],
+    );
+    // A reader opens the catalog meanwhile.
+    assert_ok(&hbb(&["list", s(&repo)]));
+    fs::remove_file(&flag).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert_eq!(o.status.signal(), Some(9), "{}", stderr(&o));
+    // gone.bin as s2 held it: its frames were in a pack gc deleted.
+    write_noise(&src.join("gone.bin"), 3 << 20, 3);
+    snap(&src, &repo, &["--name", "s4"]);
+    assert_ok(&hbb(&["verify", "-q", s(&repo)]));
+    restore_and_compare(&repo, "s4", &src, &t.path("out"));
+}
+
+#[test]
+fn a_snapshot_opened_while_prune_rewrites_it_reads_whole() {
+    let t = Tmp::new("repo-open-prune");
+    let (_src, repo) = prune_fixture(&t);
+    let flag = t.path("stall");
+    let target = format!("{}::s3", s(&repo));
+    // verify has read s3's index, and not yet taken the readers' lock.
+    let c = stalled(&["verify", "-q", &target], "snapshot-opening", &flag, &[]);
+    let o = hbb(&["prune", "-q", "--json", s(&repo), "--keep-last", "1"]);
+    assert_ok(&o);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["packs_repacked"].as_u64().unwrap() >= 1, "{r}");
+    fs::remove_file(&flag).unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "verify: {}", stderr(&o));
+}

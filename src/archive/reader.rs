@@ -59,13 +59,25 @@ pub struct Archive {
 
 impl Archive {
     pub fn open(path: &Path) -> Result<Archive> {
-        let file = File::open(path).at(path)?;
-        let file_len = file.metadata().at(path)?.len();
-        let mut a = Archive::from_source(Box::new(file), file_len, path)?;
-        if !a.index.sources.is_empty() {
-            a.store = crate::repo::store_for(path, &a)?;
+        use std::os::unix::fs::MetadataExt;
+        loop {
+            let file = File::open(path).at(path)?;
+            let md = file.metadata().at(path)?;
+            let mut a = Archive::from_source(Box::new(file), md.len(), path)?;
+            if !a.index.sources.is_empty() {
+                a.store = crate::repo::store_for(path, &a)?;
+                // Read before the readers' lock was taken, a repository
+                // snapshot may have been rewritten (or deleted) by a prune
+                // since, and the packs its old index names deleted.
+                let now = std::fs::metadata(path).ok();
+                if a.store.is_some()
+                    && now.is_none_or(|n| n.dev() != md.dev() || n.ino() != md.ino())
+                {
+                    continue;
+                }
+            }
+            return Ok(a);
         }
-        Ok(a)
     }
 
     /// Reads `External` blocks from `store`.

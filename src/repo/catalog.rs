@@ -186,14 +186,29 @@ pub fn mode_name(m: Mode) -> &'static str {
 }
 
 impl Catalog {
-    /// Opens (creating or rebuilding as needed) the catalog of `repo`.
+    /// Opens the catalog of `repo` to read it. A catalog that needs
+    /// rebuilding is rebuilt only if no writer holds the repository: a prune
+    /// under way must not see its `dirty` mark cleared from under it.
     pub fn open(repo: &Repo) -> Result<Catalog> {
+        Catalog::open_as(repo, false)
+    }
+
+    /// Opens (creating or rebuilding as needed) the catalog of `repo`, for
+    /// the holder of the writers' lock.
+    pub fn open_locked(repo: &Repo, _lock: &super::WriteLock) -> Result<Catalog> {
+        Catalog::open_as(repo, true)
+    }
+
+    fn open_as(repo: &Repo, locked: bool) -> Result<Catalog> {
         let path = repo.root.join("catalog.db");
         let existed = path.exists();
         let db = Connection::open(&path).map_err(|e| db_err(&path, e))?;
         db.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(|e| db_err(&path, e))?;
-        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        // FULL: a commit (the `dirty` mark above all, which prune sets
+        // before it deletes packs) is on disk before the call returns, also
+        // across a power cut. The catalog is small and written rarely.
+        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
             .map_err(|e| db_err(&path, e))?;
         db.execute_batch(SCHEMA).map_err(|e| db_err(&path, e))?;
         let mut c = Catalog { db, path };
@@ -206,7 +221,17 @@ impl Catalog {
                     c.path.display()
                 );
             }
-            c.rebuild(repo)?;
+            if locked {
+                c.rebuild(repo)?;
+            } else if let Ok(_lock) = repo.lock("hbb (catalog rebuild)", std::time::Duration::ZERO)
+            {
+                c.rebuild(repo)?;
+            } else {
+                log::info!(
+                    "{}: catalog out of date while a writer works; it rebuilds it",
+                    c.path.display()
+                );
+            }
         }
         Ok(c)
     }

@@ -53,7 +53,20 @@ pub struct Repo {
 
 /// Fault injection for the crash tests: `HBB_FAULT=NAME` kills the process
 /// (SIGKILL, nothing cleaned up) when it reaches the point NAME.
+/// `HBB_STALL=NAME:FILE` makes it create FILE there and wait until FILE is
+/// removed (the concurrency tests run another command meanwhile), once.
 pub fn fault_point(name: &str) {
+    static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(v) = std::env::var_os("HBB_STALL")
+        && let Some((n, file)) = v.to_string_lossy().split_once(':')
+        && n == name
+        && !STALLED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        let _ = std::fs::write(file, b"");
+        while Path::new(file).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     if std::env::var_os("HBB_FAULT").is_some_and(|v| v == name) {
         let _ =
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
@@ -118,6 +131,7 @@ pub fn store_for(path: &Path, a: &Archive) -> Result<Option<Arc<dyn FrameStore>>
                 "snapshot belongs to another repository (repository ids differ)",
             ));
         }
+        fault_point("snapshot-opening");
         let readers = repo.readers_lock()?;
         return Ok(Some(Arc::new(pack::PackStore::new(
             &repo.root,

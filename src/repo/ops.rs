@@ -58,9 +58,9 @@ fn now_ns() -> i64 {
 /// Makes a snapshot of `o.source` in the repository at `o.archive`.
 pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
     let repo = Repo::open(&o.archive)?;
-    let _lock = repo.lock("hbb snapshot", rs.lock_wait)?;
+    let lock = repo.lock("hbb snapshot", rs.lock_wait)?;
     repo.clean_tmp();
-    let mut cat = Catalog::open(&repo)?;
+    let mut cat = Catalog::open_locked(&repo, &lock)?;
     // Sealed packs no snapshot names (an interrupted snapshot's): their
     // blocks count as stored, so this run does not send them again.
     let known_packs = cat.packs_known()?;

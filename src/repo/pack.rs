@@ -238,15 +238,23 @@ pub fn read_trailer(path: &Path) -> Result<(PackId, Vec<PackEntry>)> {
     }
     let mut comp = vec![0u8; tlen as usize];
     f.read_exact_at(&mut comp, toff).at(path)?;
+    // Every frame takes at least 9 bytes of the pack: a count the pack
+    // cannot hold is refused before anything is allocated for it.
+    if count as u64 > toff / 9 {
+        return Err(bad("trailer claims more entries than the pack can hold"));
+    }
     let limit = (count as usize).saturating_mul(64).saturating_add(64);
     let raw = zstd::bulk::decompress(&comp, limit)
         .map_err(|e| bad(&format!("trailer does not decompress: {e}")))?;
     let entries: Vec<PackEntry> =
         postcard::from_bytes(&raw).map_err(|e| bad(&format!("trailer does not decode: {e}")))?;
     if entries.len() != count as usize
-        || entries
-            .iter()
-            .any(|e| e.offset < PACK_HEADER as u64 || e.offset + e.clen as u64 > toff)
+        || entries.iter().any(|e| {
+            e.offset < PACK_HEADER as u64
+                || e.offset
+                    .checked_add(e.clen as u64)
+                    .is_none_or(|end| end > toff)
+        })
     {
         return Err(bad("trailer entries out of range"));
     }
@@ -304,5 +312,44 @@ impl FrameStore for PackStore {
             return Err(std::io::Error::other("frame offset inside the pack header"));
         }
         self.file(source)?.read_exact_at(buf, offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pack with a valid footer whose trailer holds `entries` and whose
+    /// footer says `count`.
+    fn crafted(dir: &Path, entries: &[PackEntry], count: u32) -> PathBuf {
+        let mut b = header(&[7; 16]).to_vec();
+        b.extend_from_slice(&[0u8; 100]);
+        let toff = b.len() as u64;
+        let raw = postcard::to_stdvec(entries).unwrap();
+        let t = zstd::bulk::compress(&raw, 3).unwrap();
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&footer(toff, t.len() as u64, count));
+        let p = dir.join(format!("crafted-{count}.pack"));
+        std::fs::write(&p, b).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_trailer_entry_past_u64_is_refused_not_panicked_on() {
+        let dir = std::env::temp_dir().join(format!("hbb-pack-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let huge = PackEntry {
+            hash: [1; 32],
+            len: 10,
+            offset: u64::MAX - 5,
+            clen: 100,
+        };
+        assert!(read_trailer(&crafted(&dir, &[huge], 1)).is_err());
+        let one = PackEntry {
+            offset: PACK_HEADER as u64,
+            ..huge
+        };
+        assert!(read_trailer(&crafted(&dir, &[one], 1)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -69,9 +69,9 @@ pub fn prune(root: &Path, o: &Options) -> Result<Report> {
         ));
     }
     let repo = Repo::open(root)?;
-    let _lock = repo.lock("hbb prune", o.lock_wait)?;
+    let lock = repo.lock("hbb prune", o.lock_wait)?;
     repo.clean_tmp();
-    let mut cat = Catalog::open(&repo)?;
+    let mut cat = Catalog::open_locked(&repo, &lock)?;
     let host = crate::sys::hostname();
     let rows: Vec<_> = cat
         .snapshots()?

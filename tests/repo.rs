@@ -387,6 +387,16 @@ fn deleted_catalog_is_rebuilt_the_same() {
     snap(&src, &repo, &["--name", "b"]);
     let before = list(&repo);
     assert_eq!(before.len(), 2);
+    // Per-source status, in the catalog itself.
+    {
+        let db = rusqlite::Connection::open(repo.join("catalog.db")).unwrap();
+        let (n, status): (i64, String) = db
+            .query_row("SELECT snapshots, last_run_status FROM sources", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((n, status.as_str()), (2, "ok"));
+    }
     for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
         let _ = fs::remove_file(repo.join(f));
     }

@@ -44,6 +44,17 @@ CREATE TABLE IF NOT EXISTS snapshots (
     status TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_source ON snapshots (host, source, started_ns);
+-- Each source's state at a glance: for `sqlite3 catalog.db 'SELECT * FROM sources'`.
+CREATE VIEW IF NOT EXISTS sources AS
+    SELECT host, source,
+           COUNT(*) AS snapshots,
+           MAX(started_ns) AS last_snapshot_ns,
+           (SELECT s2.size FROM snapshots s2 WHERE s2.host = s.host AND s2.source = s.source
+             ORDER BY s2.started_ns DESC LIMIT 1) AS last_size,
+           SUM(bytes_stored) AS bytes_stored,
+           (SELECT r.status FROM runs r WHERE r.host = s.host AND r.source = s.source
+             ORDER BY r.started_ns DESC, r.id DESC LIMIT 1) AS last_run_status
+    FROM snapshots s GROUP BY host, source;
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     job TEXT NOT NULL,

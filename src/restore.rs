@@ -19,12 +19,13 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
-use crate::archive::decode::for_each_piece;
+use crate::archive::decode::{Block, Span, for_each_span};
 use crate::archive::*;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
@@ -56,13 +57,15 @@ pub fn restore(o: &Options) -> Result<Report> {
             Err(_) => true,
         }
     };
-    let mut r = Restorer::new(&a, o, !volume_target)?;
+    let r = Restorer::new(&a, o, !volume_target)?;
     if volume_target {
         r.restore_volume(&o.dest)?;
     } else {
         r.restore_tree()?;
     }
     let mut report = r.report.into_inner().expect("report lock");
+    report.entries = r.entries.into_inner();
+    report.bytes += r.bytes.into_inner();
     report.problems.sort();
     Ok(report)
 }
@@ -71,20 +74,31 @@ struct Restorer<'a> {
     a: &'a Archive,
     o: &'a Options,
     report: Mutex<Report>,
+    entries: AtomicU64,
+    bytes: AtomicU64,
     root: u32,
-    /// First (parent, name) seen for each inode within the selection.
-    place: Vec<Option<(u32, u32)>>,
-    dirs: Mutex<DirFds>,
+    /// First (parent, name) seen for each inode within the selection, set
+    /// by the tree pass (see `place`); the data pass waits for it.
+    place: Vec<AtomicU64>,
+    /// The tree pass is over: an inode not placed by now never will be.
+    tree_done: AtomicBool,
+    /// Writers waiting for the tree pass, and where they wait.
+    waiters: AtomicUsize,
+    tree_wait: (Mutex<()>, Condvar),
+    /// DEST, for a tree restore.
+    dest: Option<OwnedFd>,
     is_root: bool,
     uid_map: HashMap<u32, u32>,
     gid_map: HashMap<u32, u32>,
-    paths: Vec<Vec<u8>>,
+    /// Paths for reports, made at the first problem.
+    paths: OnceLock<Vec<Vec<u8>>>,
 }
 
-/// Directory descriptors by inode, reopened through their parents when
-/// evicted, each open `O_NOFOLLOW | O_DIRECTORY`.
-struct DirFds {
-    dest: Option<OwnedFd>,
+/// One thread's directory descriptors by inode, opened through their
+/// parents from DEST down, each `O_NOFOLLOW | O_DIRECTORY`, and reopened
+/// the same way when evicted. Each thread has its own: no lock, no `dup`.
+#[derive(Default)]
+struct DirCache {
     open: HashMap<u32, OwnedFd>,
 }
 
@@ -112,25 +126,27 @@ impl<'a> Restorer<'a> {
             a,
             o,
             report: Mutex::new(Report::default()),
+            entries: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             root: 0,
-            place: vec![None; n],
-            dirs: Mutex::new(DirFds {
-                dest: if tree {
-                    Some(open_dest(&o.dest)?)
-                } else {
-                    None
-                },
-                open: HashMap::new(),
-            }),
+            place: (0..n).map(|_| AtomicU64::new(NOWHERE)).collect(),
+            tree_done: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
+            tree_wait: (Mutex::new(()), Condvar::new()),
+            dest: if tree {
+                Some(open_dest(&o.dest)?)
+            } else {
+                None
+            },
             is_root,
             uid_map,
             gid_map,
-            paths: a.paths(),
+            paths: OnceLock::new(),
         })
     }
 
     fn path_of(&self, ino: u32) -> String {
-        let p = &self.paths[ino as usize];
+        let p = &self.paths.get_or_init(|| self.a.paths())[ino as usize];
         self.o.dest.join(sys::os(p)).display().to_string()
     }
 
@@ -143,58 +159,114 @@ impl<'a> Restorer<'a> {
             .push(format!("{p}: {msg}"));
     }
 
-    fn count_entry(&self) {
-        self.report.lock().expect("report lock").entries += 1;
+    fn place(&self, ino: u32) -> Option<(u32, u32)> {
+        match self.place[ino as usize].load(Ordering::SeqCst) {
+            NOWHERE => None,
+            v => Some(((v >> 32) as u32, v as u32)),
+        }
     }
 
-    fn name(&self, dirent: u32) -> &[u8] {
+    fn set_place(&self, ino: u32, parent: u32, dirent: u32) {
+        self.place[ino as usize].store((parent as u64) << 32 | dirent as u64, Ordering::SeqCst);
+    }
+
+    /// Wakes writers waiting for the tree pass (see `wait_placed`).
+    fn tree_progress(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = self.tree_wait.0.lock().expect("tree lock");
+            self.tree_wait.1.notify_all();
+        }
+    }
+
+    fn tree_finished(&self) {
+        let _g = self.tree_wait.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.tree_done.store(true, Ordering::SeqCst);
+        self.tree_wait.1.notify_all();
+    }
+
+    /// Waits until the tree pass has placed `ino` (its directory made) or
+    /// is over; `false`: it was not placed (not selected after all, or in
+    /// a directory that could not be made).
+    fn wait_placed(&self, ino: u32) -> bool {
+        loop {
+            if self.place(ino).is_some() {
+                return true;
+            }
+            if self.tree_done.load(Ordering::SeqCst) {
+                return self.place(ino).is_some();
+            }
+            let g = self.tree_wait.0.lock().expect("tree lock");
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            if self.place(ino).is_none() && !self.tree_done.load(Ordering::SeqCst) {
+                drop(self.tree_wait.1.wait(g).expect("tree lock"));
+            }
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn count_entry(&self) {
+        self.entries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn name(&self, dirent: u32) -> &'a [u8] {
         &self.a.index.dirents[dirent as usize].name
     }
 
     // ---- directory descriptors ------------------------------------------
 
-    /// A descriptor of directory `ino` (a duplicate, so that no lock is
-    /// held while it is used). Directories are opened through their
-    /// parents, from DEST down, never following a symlink.
-    fn dir_owned(&self, ino: u32) -> Result<OwnedFd> {
-        let mut dirs = self.dirs.lock().expect("dir lock");
-        let fd = self.dir_fd(&mut dirs, ino)?;
-        fd.try_clone_to_owned().at(&self.o.dest)
+    fn dest_fd(&self) -> Result<BorrowedFd<'_>> {
+        match &self.dest {
+            Some(fd) => Ok(fd.as_fd()),
+            None => Err(Error::Other("no destination directory".into())),
+        }
     }
 
-    fn dir_fd<'d>(&self, dirs: &'d mut DirFds, ino: u32) -> Result<BorrowedFd<'d>> {
+    /// A descriptor of directory `ino`, from the thread's cache `c`.
+    /// Directories are opened through their parents, from DEST down, never
+    /// following a symlink.
+    fn dir<'c>(&'c self, c: &'c mut DirCache, ino: u32) -> Result<BorrowedFd<'c>> {
         if ino == self.root || ino == u32::MAX {
-            return match &dirs.dest {
-                Some(fd) => Ok(fd.as_fd()),
-                None => Err(Error::Other("no destination directory".into())),
-            };
+            return self.dest_fd();
         }
-        if !dirs.open.contains_key(&ino) {
-            let (parent, de) = self.place[ino as usize].expect("placed directory");
-            let pfd = self
-                .dir_fd(dirs, parent)?
-                .try_clone_to_owned()
-                .at(&self.o.dest)?;
-            let fd = rustix::fs::openat(
-                &pfd,
-                sys::os(self.name(de)),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| Error::io(self.path_of(ino), e.into()))?;
-            if dirs.open.len() >= DIR_FD_CACHE {
-                dirs.open.clear();
+        if !c.open.contains_key(&ino) {
+            if c.open.len() >= DIR_FD_CACHE {
+                c.open.clear();
             }
-            dirs.open.insert(ino, fd);
+            // The directories from the nearest open ancestor down.
+            let mut chain = vec![ino];
+            let mut cur = ino;
+            loop {
+                let (parent, _) = self.place(cur).expect("placed directory");
+                if parent == self.root || c.open.contains_key(&parent) {
+                    break;
+                }
+                chain.push(parent);
+                cur = parent;
+            }
+            for &d in chain.iter().rev() {
+                let (parent, de) = self.place(d).expect("placed directory");
+                let pfd = match c.open.get(&parent) {
+                    Some(fd) if parent != self.root => fd.as_fd(),
+                    _ => self.dest_fd()?,
+                };
+                let fd = rustix::fs::openat(
+                    pfd,
+                    sys::os(self.name(de)),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| Error::io(self.path_of(d), e.into()))?;
+                c.open.insert(d, fd);
+            }
         }
-        Ok(dirs.open[&ino].as_fd())
+        Ok(c.open[&ino].as_fd())
     }
 
     // ---- selection ----------------------------------------------------------
 
     /// Resolves the PATH arguments; returns the directories to walk from,
     /// creating the parents of each selected path.
-    fn select(&mut self) -> Result<Vec<u32>> {
+    fn select(&self, dc: &mut DirCache) -> Result<Vec<u32>> {
         if self.o.paths.is_empty() {
             return Ok(vec![0]);
         }
@@ -219,8 +291,8 @@ impl<'a> Restorer<'a> {
                     _ => unreachable!(),
                 };
                 let child = ents[pos].inode;
-                if self.place[child as usize].is_none() {
-                    self.place[child as usize] = Some((cur, de));
+                if self.place(child).is_none() {
+                    self.set_place(child, cur, de);
                 }
                 if k + 1 < comps.len() {
                     if !matches!(self.a.inode(child).body, Body::Dir { .. }) {
@@ -231,7 +303,7 @@ impl<'a> Restorer<'a> {
                         )));
                     }
                     // A parent of a selected path: created plainly.
-                    self.make_dir(child, false)?;
+                    self.make_dir(child, false, dc)?;
                 }
                 cur = child;
             }
@@ -242,23 +314,75 @@ impl<'a> Restorer<'a> {
 
     // ---- tree pass ----------------------------------------------------------
 
-    fn restore_tree(&mut self) -> Result<()> {
-        let starts = self.select()?;
-        let mut dirs_done = Vec::new();
-        let mut files = Vec::new(); // (ino) with data
-        let mut links = Vec::new(); // (ino, parent, dirent) of further names
-        let mut stack: Vec<u32> = Vec::new();
-        for s in starts {
-            match self.a.inode(s).body {
-                Body::Dir { .. } => {
-                    if s != 0 && !self.make_dir(s, true)? {
-                        continue;
+    fn restore_tree(&self) -> Result<()> {
+        let mut dc = DirCache::default();
+        let starts = self.select(&mut dc)?;
+        let (items, route) = self.plan(&starts);
+        // The tree pass and the data pass at once: writers wait for their
+        // files' directories (see `wait_placed`), while the archive is read
+        // and decoded from the start.
+        let (tree, data) = std::thread::scope(|s| {
+            let tree = std::thread::Builder::new()
+                .name("hbb-tree".into())
+                .spawn_scoped(s, || {
+                    // Writers are let go however the pass ends (a panic too).
+                    struct Finished<'r, 'a>(&'r Restorer<'a>);
+                    impl Drop for Finished<'_, '_> {
+                        fn drop(&mut self) {
+                            self.0.tree_finished();
+                        }
                     }
-                    stack.push(s);
-                    dirs_done.push(s);
-                }
+                    let _finished = Finished(self);
+                    let r = self.walk_tree(&starts, &mut dc);
+                    r.map(|done| (done, dc))
+                })
+                .expect("spawn tree thread");
+            let data = self.run_data(items, &Targets::Tree, self.o.threads, &route);
+            (tree.join().expect("tree pass"), data)
+        });
+        let ((dirs_done, links), mut dc) = tree?;
+        data?;
+        let dc = &mut dc;
+        for (ino, dir, de) in links {
+            self.link(ino, dir, de, dc)?;
+        }
+        // Directories last, deepest first, so their times stick.
+        for &d in dirs_done.iter().rev() {
+            if d == 0 && !self.o.paths.is_empty() {
+                continue;
+            }
+            let fd = self.dir(dc, d)?;
+            self.finish_meta(d, fd, false);
+        }
+        Ok(())
+    }
+
+    /// What the data pass will have to write, known from the index alone:
+    /// the extents of every file with data under `starts` (the tree pass
+    /// decides which are restored, and where), and the directory of each
+    /// file's first name (which writer takes it).
+    #[allow(clippy::type_complexity)]
+    fn plan(&self, starts: &[u32]) -> (Vec<(u32, Extent)>, Vec<u32>) {
+        let n = self.a.index.inodes.len();
+        let mut seen = vec![false; n];
+        let mut route = vec![0u32; n];
+        let mut items = Vec::new();
+        let mut stack = Vec::new();
+        let add = |ino: u32, items: &mut Vec<(u32, Extent)>| {
+            if let Body::File { extents, .. } = &self.a.inode(ino).body {
+                items.extend(extents.iter().filter(|e| e.len > 0).map(|e| (ino, *e)));
+            }
+        };
+        for &s in starts {
+            if seen[s as usize] {
+                continue;
+            }
+            seen[s as usize] = true;
+            match self.a.inode(s).body {
+                Body::Dir { .. } => stack.push(s),
                 _ => {
-                    self.make_entry(s, &mut files)?;
+                    route[s as usize] = self.place(s).map_or(0, |(d, _)| d);
+                    add(s, &mut items);
                 }
             }
         }
@@ -268,47 +392,88 @@ impl<'a> Restorer<'a> {
             };
             for de in first..first + count {
                 let child = self.a.index.dirents[de as usize].inode;
+                if std::mem::replace(&mut seen[child as usize], true) {
+                    continue;
+                }
+                route[child as usize] = dir;
+                if matches!(self.a.inode(child).body, Body::Dir { .. }) {
+                    stack.push(child);
+                } else {
+                    add(child, &mut items);
+                }
+            }
+        }
+        (items, route)
+    }
+
+    /// The tree pass: directories made, and every entry but files with
+    /// data (the data pass's) and further names of an inode (returned, for
+    /// the link pass), in the order the snapshot walked them (which is the
+    /// order of the data). Returns the directories made, parents first.
+    #[allow(clippy::type_complexity)]
+    fn walk_tree(
+        &self,
+        starts: &[u32],
+        dc: &mut DirCache,
+    ) -> Result<(Vec<u32>, Vec<(u32, u32, u32)>)> {
+        let mut dirs_done = Vec::new();
+        let mut links = Vec::new(); // (ino, parent, dirent) of further names
+        let mut stack: Vec<u32> = Vec::new();
+        for &s in starts {
+            match self.a.inode(s).body {
+                Body::Dir { .. } => {
+                    if s != 0 && !self.make_dir(s, true, dc)? {
+                        continue;
+                    }
+                    stack.push(s);
+                    dirs_done.push(s);
+                }
+                _ => {
+                    self.make_entry(s, dc)?;
+                }
+            }
+        }
+        // The first start is walked first.
+        stack.reverse();
+        let mut subdirs = Vec::new();
+        while let Some(dir) = stack.pop() {
+            let Body::Dir { first, count } = self.a.inode(dir).body else {
+                continue;
+            };
+            for de in first..first + count {
+                let child = self.a.index.dirents[de as usize].inode;
                 let is_dir = matches!(self.a.inode(child).body, Body::Dir { .. });
-                if !is_dir && self.place[child as usize].is_some() {
+                if !is_dir && self.place(child).is_some() {
                     // A further name of an inode already placed: a hard link.
                     links.push((child, dir, de));
                     continue;
                 }
-                self.place[child as usize] = Some((dir, de));
+                self.set_place(child, dir, de);
                 if is_dir {
-                    if self.make_dir(child, true)? {
-                        stack.push(child);
+                    if self.make_dir(child, true, dc)? {
+                        subdirs.push(child);
                         dirs_done.push(child);
                     }
                 } else {
-                    self.make_entry(child, &mut files)?;
+                    self.make_entry(child, dc)?;
                 }
             }
+            // Reversed, so that the first subdirectory is walked first.
+            stack.extend(subdirs.drain(..).rev());
+            self.tree_progress();
         }
-        self.write_data(&files)?;
-        for (ino, dir, de) in links {
-            self.link(ino, dir, de)?;
-        }
-        // Directories last, deepest first, so their times stick.
-        for &d in dirs_done.iter().rev() {
-            if d == 0 && !self.o.paths.is_empty() {
-                continue;
-            }
-            let fd = self.dir_owned(d)?;
-            self.finish_meta(d, fd.as_fd(), false);
-        }
-        Ok(())
+        Ok((dirs_done, links))
     }
 
     /// Creates a directory; `false` if it could not be.
-    fn make_dir(&self, ino: u32, report: bool) -> Result<bool> {
-        let (parent, de) = self.place[ino as usize].expect("placed");
-        let name = self.name(de).to_vec();
-        let pfd = self.dir_owned(parent)?;
-        match rustix::fs::mkdirat(&pfd, sys::os(&name), Mode::from_raw_mode(0o700)) {
+    fn make_dir(&self, ino: u32, report: bool, dc: &mut DirCache) -> Result<bool> {
+        let (parent, de) = self.place(ino).expect("placed");
+        let name = self.name(de);
+        let pfd = self.dir(dc, parent)?;
+        match rustix::fs::mkdirat(pfd, sys::os(name), Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
-                let st = rustix::fs::statat(&pfd, sys::os(&name), AtFlags::SYMLINK_NOFOLLOW);
+                let st = rustix::fs::statat(pfd, sys::os(name), AtFlags::SYMLINK_NOFOLLOW);
                 let is_dir = st.is_ok_and(|s| (s.st_mode & libc::S_IFMT) == libc::S_IFDIR);
                 if !is_dir {
                     if !self.o.overwrite {
@@ -317,9 +482,9 @@ impl<'a> Restorer<'a> {
                         }
                         return Ok(false);
                     }
-                    if let Err(e) = rustix::fs::unlinkat(&pfd, sys::os(&name), AtFlags::empty())
+                    if let Err(e) = rustix::fs::unlinkat(pfd, sys::os(name), AtFlags::empty())
                         .and_then(|_| {
-                            rustix::fs::mkdirat(&pfd, sys::os(&name), Mode::from_raw_mode(0o700))
+                            rustix::fs::mkdirat(pfd, sys::os(name), Mode::from_raw_mode(0o700))
                         })
                     {
                         self.problem(ino, e);
@@ -367,84 +532,106 @@ impl<'a> Restorer<'a> {
     }
 
     /// Creates a non-directory entry, or queues a file with data.
-    fn make_entry(&self, ino: u32, files: &mut Vec<u32>) -> Result<bool> {
-        let (parent, de) = self.place[ino as usize].expect("placed");
-        let name = self.name(de).to_vec();
-        let pfd = self.dir_owned(parent)?;
+    fn make_entry(&self, ino: u32, dc: &mut DirCache) -> Result<bool> {
+        let (parent, de) = self.place(ino).expect("placed");
+        let name = self.name(de);
         let inode = self.a.inode(ino);
-        let nm = sys::os(&name);
         if let Body::File { extents, .. } = &inode.body
             && extents.iter().any(|e| e.len > 0)
         {
-            files.push(ino);
+            // The data pass's, now that it is placed.
             return Ok(true);
         }
-        if !self.clear_place(ino, pfd.as_fd(), &name) {
+        let pfd = self.dir(dc, parent)?;
+        let nm = sys::os(name);
+        if let Body::BlockDev { .. } | Body::CharDev { .. } = inode.body
+            && !self.is_root
+        {
+            if self.clear_place(ino, pfd, name) {
+                self.problem(ino, "device node not restored (needs root)");
+            }
             return Ok(false);
         }
-        let made: rustix::io::Result<()> = match &inode.body {
-            Body::File { size, .. } => {
-                match rustix::fs::openat(
-                    &pfd,
+        // Made at once; only if the name is taken is it looked at (and,
+        // with --overwrite, removed).
+        let make = || -> rustix::io::Result<Option<OwnedFd>> {
+            match &inode.body {
+                Body::File { .. } => rustix::fs::openat(
+                    pfd,
                     nm,
                     OFlags::WRONLY
                         | OFlags::CREATE
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                ) {
-                    Ok(fd) => {
-                        let f = File::from(fd);
-                        if let Err(e) = f.set_len(*size) {
-                            self.problem(ino, e);
-                        }
-                        self.finish_meta(ino, f.as_fd(), false);
-                        self.count_entry();
-                        return Ok(true);
-                    }
-                    Err(e) => Err(e),
+                    self.file_mode(ino),
+                )
+                .map(Some),
+                Body::Symlink { target } => {
+                    rustix::fs::symlinkat(sys::os(target), pfd, nm).map(|()| None)
                 }
+                Body::Fifo => rustix::fs::mknodat(
+                    pfd,
+                    nm,
+                    rustix::fs::FileType::Fifo,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map(|()| None),
+                Body::Socket => rustix::fs::mknodat(
+                    pfd,
+                    nm,
+                    rustix::fs::FileType::Socket,
+                    Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map(|()| None),
+                Body::BlockDev { rdev } | Body::CharDev { rdev } => {
+                    let ft = if matches!(inode.body, Body::BlockDev { .. }) {
+                        rustix::fs::FileType::BlockDevice
+                    } else {
+                        rustix::fs::FileType::CharacterDevice
+                    };
+                    rustix::fs::mknodat(pfd, nm, ft, Mode::from_raw_mode(0o600), *rdev)
+                        .map(|()| None)
+                }
+                Body::Dir { .. } => unreachable!(),
             }
-            Body::Symlink { target } => rustix::fs::symlinkat(sys::os(target), &pfd, nm),
-            Body::Fifo => rustix::fs::mknodat(
-                &pfd,
-                nm,
-                rustix::fs::FileType::Fifo,
-                Mode::from_raw_mode(0o600),
-                0,
-            ),
-            Body::Socket => rustix::fs::mknodat(
-                &pfd,
-                nm,
-                rustix::fs::FileType::Socket,
-                Mode::from_raw_mode(0o600),
-                0,
-            ),
-            Body::BlockDev { rdev } | Body::CharDev { rdev } => {
-                if !self.is_root {
-                    self.problem(ino, "device node not restored (needs root)");
+        };
+        let made = match make() {
+            Err(Errno::EXIST) => {
+                if !self.clear_place(ino, pfd, name) {
                     return Ok(false);
                 }
-                let ft = if matches!(inode.body, Body::BlockDev { .. }) {
-                    rustix::fs::FileType::BlockDevice
-                } else {
-                    rustix::fs::FileType::CharacterDevice
-                };
-                rustix::fs::mknodat(&pfd, nm, ft, Mode::from_raw_mode(0o600), *rdev)
+                make()
             }
-            Body::Dir { .. } => unreachable!(),
+            r => r,
         };
-        if let Err(e) = made {
-            self.problem(ino, e);
-            return Ok(false);
+        let made = match made {
+            Ok(m) => m,
+            Err(e) => {
+                self.problem(ino, e);
+                return Ok(false);
+            }
+        };
+        if let Some(fd) = made {
+            // An empty (or all-hole) file.
+            if let Body::File { size, .. } = inode.body
+                && size > 0
+                && let Err(e) = rustix::fs::ftruncate(&fd, size)
+            {
+                self.problem(ino, std::io::Error::from(e));
+            }
+            self.finish_meta(ino, fd.as_fd(), false);
+            self.count_entry();
+            return Ok(true);
         }
         self.count_entry();
         if matches!(inode.body, Body::Symlink { .. }) {
-            self.symlink_meta(ino, pfd.as_fd(), &name);
+            self.symlink_meta(ino, pfd, name);
         } else {
             match rustix::fs::openat(
-                &pfd,
+                pfd,
                 nm,
                 OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
@@ -456,17 +643,17 @@ impl<'a> Restorer<'a> {
         Ok(true)
     }
 
-    fn link(&self, ino: u32, dir: u32, de: u32) -> Result<()> {
-        let (p0, de0) = self.place[ino as usize].expect("placed");
-        let n0 = self.name(de0).to_vec();
-        let n1 = self.name(de).to_vec();
-        let f0 = self.dir_owned(p0)?;
-        let f1 = self.dir_owned(dir)?;
-        if !self.clear_place(ino, f1.as_fd(), &n1) {
+    fn link(&self, ino: u32, dir: u32, de: u32, dc: &mut DirCache) -> Result<()> {
+        let (p0, de0) = self.place(ino).expect("placed");
+        let n0 = self.name(de0);
+        let n1 = self.name(de);
+        let f0 = self.dir(dc, p0)?.try_clone_to_owned().at(&self.o.dest)?;
+        let f1 = self.dir(dc, dir)?;
+        if !self.clear_place(ino, f1, n1) {
             return Ok(());
         }
-        if let Err(e) = rustix::fs::linkat(&f0, sys::os(&n0), &f1, sys::os(&n1), AtFlags::empty()) {
-            let p = format!("{}/{}", self.path_of(dir), String::from_utf8_lossy(&n1));
+        if let Err(e) = rustix::fs::linkat(&f0, sys::os(n0), f1, sys::os(n1), AtFlags::empty()) {
+            let p = format!("{}/{}", self.path_of(dir), String::from_utf8_lossy(n1));
             self.report
                 .lock()
                 .expect("report lock")
@@ -486,8 +673,25 @@ impl<'a> Restorer<'a> {
         (uid, gid)
     }
 
+    /// The mode to create regular file `ino` with: its own, so that
+    /// `finish_meta` need not set it (unless the umask or a default ACL
+    /// took bits away), unless set-id bits (which chown clears) or xattrs
+    /// (which may need the owner's write permission) are in the way; then
+    /// the file stays private (0600) until it is finished.
+    fn file_mode(&self, ino: u32) -> Mode {
+        let inode = self.a.inode(ino);
+        if inode.perm & 0o7000 == 0 && inode.xattrs.is_empty() {
+            Mode::from_raw_mode(inode.perm)
+        } else {
+            Mode::from_raw_mode(0o600)
+        }
+    }
+
     /// Owner, xattrs, mode, times, in that order (chown clears set-id bits
-    /// and capabilities). `fd` may be an O_PATH descriptor.
+    /// and capabilities). `fd` may be an O_PATH descriptor. An owner or a
+    /// mode that is already right is left alone: chown or chmod to the same
+    /// value changes nothing (on a new entry, which has no set-id bits or
+    /// xattrs yet, or a directory) but costs a journalled inode update.
     fn finish_meta(&self, ino: u32, fd: BorrowedFd<'_>, o_path: bool) {
         let a = self.a;
         let inode = a.inode(ino);
@@ -499,15 +703,24 @@ impl<'a> Restorer<'a> {
                 std::os::fd::AsRawFd::as_raw_fd(&fd)
             ))
         });
-        if self.is_root {
-            let (uid, gid) = self.owner(inode);
-            let r = rustix::fs::chownat(
-                fd,
-                "",
+        let st = rustix::fs::fstat(fd).ok();
+        let mut chowned = false;
+        if self.is_root
+            && let (uid, gid) = self.owner(inode)
+            && !st
+                .as_ref()
+                .is_some_and(|s| s.st_uid == uid && s.st_gid == gid)
+        {
+            chowned = true;
+            let (uid, gid) = (
                 Some(rustix::fs::Uid::from_raw(uid)),
                 Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::EMPTY_PATH,
             );
+            let r = if o_path {
+                rustix::fs::chownat(fd, "", uid, gid, AtFlags::EMPTY_PATH)
+            } else {
+                rustix::fs::fchown(fd, uid, gid)
+            };
             if let Err(e) = r {
                 self.problem(ino, format!("owner: {e}"));
             }
@@ -535,7 +748,9 @@ impl<'a> Restorer<'a> {
             inode.perm & !0o6000
         };
         let mode = Mode::from_raw_mode(perm);
+        let same = !chowned && st.is_some_and(|s| s.st_mode & 0o7777 == perm);
         let r = match &proc_path {
+            _ if same => Ok(()),
             Some(p) => rustix::fs::chmod(p, mode),
             None => rustix::fs::fchmod(fd, mode),
         };
@@ -546,7 +761,12 @@ impl<'a> Restorer<'a> {
             last_access: ts(inode.atime),
             last_modification: ts(inode.mtime),
         };
-        if let Err(e) = rustix::fs::utimensat(fd, "", &ts, AtFlags::EMPTY_PATH) {
+        let r = if o_path {
+            rustix::fs::utimensat(fd, "", &ts, AtFlags::EMPTY_PATH)
+        } else {
+            rustix::fs::futimens(fd, &ts)
+        };
+        if let Err(e) = r {
             self.problem(ino, format!("times: {e}"));
         }
     }
@@ -576,55 +796,50 @@ impl<'a> Restorer<'a> {
 
     // ---- data pass ----------------------------------------------------------
 
-    fn write_data(&self, files: &[u32]) -> Result<()> {
-        let mut items = Vec::new();
-        for &ino in files {
-            if let Body::File { extents, .. } = &self.a.inode(ino).body {
-                for e in extents.iter().filter(|e| e.len > 0) {
-                    items.push((ino, *e));
-                }
-            }
-        }
-        self.run_data(items, &Targets::Tree, self.o.threads)
-    }
-
-    /// Creates a regular file that has data, sized (so holes stay holes).
-    fn create_file(&self, ino: u32) -> Option<Target> {
-        let (parent, de) = self.place[ino as usize].expect("placed");
-        let name = self.name(de).to_vec();
-        let pfd = match self.dir_owned(parent) {
+    /// Creates a regular file that has data (sized when it is finished, so
+    /// that holes stay holes).
+    fn create_file(&self, ino: u32, dc: &mut DirCache) -> Option<Target<'a>> {
+        let (parent, de) = self.place(ino).expect("placed");
+        let name = self.name(de);
+        let pfd = match self.dir(dc, parent) {
             Ok(f) => f,
             Err(e) => {
                 self.problem(ino, e);
                 return None;
             }
         };
-        if !self.clear_place(ino, pfd.as_fd(), &name) {
-            return None;
-        }
         let size = match self.a.inode(ino).body {
             Body::File { size, .. } => size,
             _ => 0,
         };
-        let fd = rustix::fs::openat(
-            &pfd,
-            sys::os(&name),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        );
-        match fd {
-            Ok(fd) => {
-                let f = File::from(fd);
-                if let Err(e) = f.set_len(size) {
-                    self.problem(ino, e);
+        let create = || {
+            rustix::fs::openat(
+                pfd,
+                sys::os(name),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                self.file_mode(ino),
+            )
+        };
+        // Made at once; only if the name is taken is it looked at (and,
+        // with --overwrite, removed).
+        let fd = match create() {
+            Err(Errno::EXIST) => {
+                if !self.clear_place(ino, pfd, name) {
+                    return None;
                 }
-                Some(Target {
-                    file: f,
-                    fresh: true,
-                    parent,
-                    name,
-                })
+                create()
             }
+            r => r,
+        };
+        match fd {
+            Ok(fd) => Some(Target {
+                file: File::from(fd),
+                fresh: true,
+                parent,
+                name,
+                size: Some(size),
+                end: 0,
+            }),
             Err(e) => {
                 self.problem(ino, e);
                 None
@@ -632,45 +847,57 @@ impl<'a> Restorer<'a> {
         }
     }
 
-    /// The data pass: blocks decoded in parallel and in stream order; each
-    /// piece goes to one of `writers` threads, chosen by the file's
-    /// directory, so that a file's pieces are written in order by one thread
-    /// while files of different directories are created, written and
-    /// finished on all cores at once.
-    fn run_data(&self, items: Vec<(u32, Extent)>, targets: &Targets, writers: usize) -> Result<()> {
+    /// The data pass: blocks decoded in parallel and in stream order; the
+    /// pieces of each block go to `writers` threads, chosen by the file's
+    /// directory, each with a shared reference to the block (no copy), so
+    /// that a file's pieces are written in order by one thread while files
+    /// of different directories are created, written and finished on all
+    /// cores at once.
+    fn run_data(
+        &self,
+        items: Vec<(u32, Extent)>,
+        targets: &Targets<'a>,
+        writers: usize,
+        route: &[u32],
+    ) -> Result<()> {
         let total = items.iter().map(|(_, e)| e.len).sum();
         let progress = Progress::new(total, self.o.quiet);
         let writers = writers.max(1);
         let result = std::thread::scope(|s| {
             let mut txs = Vec::with_capacity(writers);
             for w in 0..writers {
-                let (tx, rx) = crossbeam_channel::bounded::<Piece>(WRITE_QUEUE);
+                let (tx, rx) = crossbeam_channel::bounded::<Batch>(WRITE_QUEUE);
                 txs.push(tx);
                 std::thread::Builder::new()
                     .name(format!("hbb-write-{w}"))
                     .spawn_scoped(s, move || self.writer(rx, targets))
                     .expect("spawn writer thread");
             }
-            let r = for_each_piece(self.a, items, self.o.threads, |p| {
-                progress.read(p.len);
-                let piece = Piece {
-                    ino: p.ino,
-                    offset: p.offset,
-                    len: p.len,
-                    zero: p.zero,
-                    last: p.last,
-                    data: match p.data {
-                        Ok(_) if p.zero => Ok(Vec::new()),
-                        Ok(b) => Ok(b.to_vec()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                };
-                // By parent directory: files of one directory go to one
-                // writer, so writers do not contend for a directory's lock.
-                let parent = self.place[p.ino as usize].map_or(0, |(d, _)| d);
-                txs[parent as usize % writers]
-                    .send(piece)
-                    .map_err(|_| Error::Other("a restore writer stopped".into()))
+            let mut batches: Vec<Vec<Span>> = vec![Vec::new(); writers];
+            // Blocks a writer may hold: its queue and the one it writes.
+            let extra = writers * (WRITE_QUEUE + 1);
+            let r = for_each_span(self.a, items, self.o.threads, extra, |data, spans| {
+                progress.read(spans.iter().map(|sp| sp.len).sum());
+                for sp in spans {
+                    // By parent directory: files of one directory go to one
+                    // writer, so writers do not contend for a directory's lock.
+                    let parent = route.get(sp.ino as usize).copied().unwrap_or(0);
+                    batches[parent as usize % writers].push(*sp);
+                }
+                let data = data.map_err(|e| Arc::new(e.to_string()));
+                for (w, b) in batches.iter_mut().enumerate() {
+                    if b.is_empty() {
+                        continue;
+                    }
+                    let batch = Batch {
+                        data: data.clone(),
+                        spans: std::mem::take(b),
+                    };
+                    txs[w]
+                        .send(batch)
+                        .map_err(|_| Error::Other("a restore writer stopped".into()))?;
+                }
+                Ok(())
             });
             drop(txs);
             r
@@ -681,39 +908,57 @@ impl<'a> Restorer<'a> {
 
     /// One writer thread: opens each of its files at its first piece,
     /// writes the pieces, finishes the file at its last.
-    fn writer(&self, rx: crossbeam_channel::Receiver<Piece>, targets: &Targets) {
+    fn writer(&self, rx: crossbeam_channel::Receiver<Batch>, targets: &Targets<'a>) {
+        let mut dc = DirCache::default();
         let mut open: HashMap<u32, Option<Target>> = HashMap::new();
         let mut damaged: HashMap<u32, String> = HashMap::new();
-        for p in rx {
-            let target = open.entry(p.ino).or_insert_with(|| match targets {
-                Targets::Tree => self.create_file(p.ino),
-                Targets::Volume(slot) => slot.lock().expect("volume lock").take(),
-            });
-            match (&p.data, target.as_mut()) {
-                (Ok(bytes), Some(tg)) => {
-                    let r = if !p.zero {
-                        tg.file.write_all_at(bytes, p.offset)
-                    } else if !tg.fresh {
-                        // A device, not a new file: its zeros must be written.
-                        tg.file.write_all_at(&vec![0u8; p.len as usize], p.offset)
-                    } else {
-                        Ok(())
-                    };
-                    if let Err(err) = r {
-                        damaged
-                            .entry(p.ino)
-                            .or_insert(format!("write at offset {}: {err}", p.offset));
+        for batch in rx {
+            for sp in &batch.spans {
+                let target = open.entry(sp.ino).or_insert_with(|| match targets {
+                    Targets::Tree => {
+                        if self.wait_placed(sp.ino) {
+                            self.create_file(sp.ino, &mut dc)
+                        } else {
+                            None
+                        }
                     }
+                    Targets::Volume(slot) => slot.lock().expect("volume lock").take(),
+                });
+                match (&batch.data, target.as_mut()) {
+                    (Ok(block), Some(tg)) => {
+                        let r = if !sp.zero {
+                            match block.get(sp.lo..sp.hi) {
+                                Some(bytes) => tg.file.write_all_at(bytes, sp.offset),
+                                None => {
+                                    // Bytes past a short block's end read as zeros.
+                                    let mut v = block.get(sp.lo..).unwrap_or(&[]).to_vec();
+                                    v.resize(sp.hi - sp.lo, 0);
+                                    tg.file.write_all_at(&v, sp.offset)
+                                }
+                            }
+                            .map(|()| tg.end = tg.end.max(sp.offset + sp.len))
+                        } else if !tg.fresh {
+                            // A device, not a new file: its zeros must be written.
+                            tg.file.write_all_at(&vec![0u8; sp.len as usize], sp.offset)
+                        } else {
+                            Ok(())
+                        };
+                        if let Err(err) = r {
+                            damaged
+                                .entry(sp.ino)
+                                .or_insert(format!("write at offset {}: {err}", sp.offset));
+                        }
+                    }
+                    (Err(err), _) => {
+                        damaged.entry(sp.ino).or_insert_with(|| err.to_string());
+                    }
+                    (Ok(_), None) => {}
                 }
-                (Err(err), _) => {
-                    damaged.entry(p.ino).or_insert(err.clone());
+                if sp.last
+                    && let Some(Some(tg)) = open.remove(&sp.ino)
+                {
+                    self.finish_file(sp.ino, tg, damaged.contains_key(&sp.ino), &mut dc);
                 }
-                (Ok(_), None) => {}
-            }
-            if p.last
-                && let Some(Some(tg)) = open.remove(&p.ino)
-            {
-                self.finish_file(p.ino, tg, damaged.contains_key(&p.ino));
             }
         }
         for (ino, why) in damaged {
@@ -721,15 +966,22 @@ impl<'a> Restorer<'a> {
         }
     }
 
-    fn finish_file(&self, ino: u32, tg: Target, damaged: bool) {
+    fn finish_file(&self, ino: u32, tg: Target<'a>, damaged: bool, dc: &mut DirCache) {
         if damaged {
-            if let Ok(pfd) = self.dir_owned(tg.parent) {
-                let _ = rustix::fs::unlinkat(&pfd, sys::os(&tg.name), AtFlags::empty());
+            if let Ok(pfd) = self.dir(dc, tg.parent) {
+                let _ = rustix::fs::unlinkat(pfd, sys::os(tg.name), AtFlags::empty());
             }
             return;
         }
+        // Trailing holes (and zero blocks at the end) make the size.
+        if let Some(size) = tg.size
+            && tg.end < size
+            && let Err(e) = tg.file.set_len(size)
+        {
+            self.problem(ino, e);
+        }
         if let Body::File { size, .. } = self.a.inode(ino).body {
-            self.report.lock().expect("report lock").bytes += size;
+            self.bytes.fetch_add(size, Ordering::Relaxed);
         }
         if tg.parent != u32::MAX {
             self.finish_meta(ino, tg.file.as_fd(), false);
@@ -792,11 +1044,13 @@ impl<'a> Restorer<'a> {
             file,
             fresh: !is_dev,
             parent: u32::MAX,
-            name: Vec::new(),
+            name: &[],
+            size: None,
+            end: 0,
         })));
-        self.run_data(items, &slot, 1)?;
-        let mut report = self.report.lock().expect("report lock");
-        report.bytes = size;
+        self.run_data(items, &slot, 1, &[])?;
+        self.bytes.store(size, Ordering::Relaxed);
+        let report = self.report.lock().expect("report lock");
         if let Some(p) = report.problems.first() {
             return Err(Error::Other(format!(
                 "{}: volume not fully restored: {p}",
@@ -813,34 +1067,38 @@ impl<'a> Restorer<'a> {
 }
 
 /// Where the data pass writes.
-enum Targets {
+enum Targets<'a> {
     /// Each file of the tree, created at its first piece.
     Tree,
     /// The one file or device a volume is restored to.
-    Volume(Mutex<Option<Target>>),
+    Volume(Mutex<Option<Target<'a>>>),
 }
 
-/// One piece of a file for a writer thread.
-struct Piece {
-    ino: u32,
-    offset: u64,
-    len: u64,
-    /// From an all-zero block: `data` is empty, the bytes are zeros.
-    zero: bool,
-    last: bool,
-    data: std::result::Result<Vec<u8>, String>,
+/// The pieces of one block for a writer thread.
+struct Batch {
+    /// The block, or why it could not be read.
+    data: std::result::Result<Arc<Block>, Arc<String>>,
+    spans: Vec<Span>,
 }
 
-/// Pieces queued per writer thread (bounds the memory of the data pass).
-const WRITE_QUEUE: usize = 64;
+/// Batches (blocks) queued per writer thread.
+const WRITE_QUEUE: usize = 8;
 
-struct Target {
+struct Target<'a> {
     file: File,
-    /// Newly created and sized: zero blocks can be left as holes.
+    /// Newly created: zero blocks can be left as holes.
     fresh: bool,
     parent: u32,
-    name: Vec<u8>,
+    name: &'a [u8],
+    /// The size to give the file when it is finished, if its data end
+    /// short of it (holes at the end).
+    size: Option<u64>,
+    /// The end of the data written so far.
+    end: u64,
 }
+
+/// `place` of an inode not placed.
+const NOWHERE: u64 = u64::MAX;
 
 fn ts(t: Time) -> Timespec {
     Timespec {

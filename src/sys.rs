@@ -1,23 +1,55 @@
 //! Small wrappers over the system calls hbb needs: extended attributes,
 //! owner names, opening without touching atime, sparse-file maps.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::archive::Xattr;
 
 /// All extended attributes of `path` (not following a symlink), sorted by name.
 pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
+    read_xattrs_with(
+        |buf| rustix::fs::llistxattr(path, buf),
+        |name, buf| rustix::fs::lgetxattr(path, name, buf),
+    )
+}
+
+/// All extended attributes of the entry `name` of the directory `dir` (not
+/// following a symlink), sorted by name. Uses `listxattrat`/`getxattrat`
+/// (Linux 6.13), which look up only the last component, and the full
+/// `path` where they are missing. Nothing is opened, so a fifo or a device
+/// is never opened and a symlink never followed.
+pub fn read_xattrs_at(dir: BorrowedFd<'_>, name: &CStr, path: &Path) -> io::Result<Vec<Xattr>> {
+    static XATTRAT: AtomicBool = AtomicBool::new(true);
+    if XATTRAT.load(Ordering::Relaxed) {
+        match read_xattrs_with(
+            |buf| xattrat::list(dir, name, buf),
+            |attr, buf| xattrat::get(dir, name, attr, buf),
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                XATTRAT.store(false, Ordering::Relaxed)
+            }
+            r => return r,
+        }
+    }
+    read_xattrs(path)
+}
+
+fn read_xattrs_with(
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    get: impl Fn(&CStr, &mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<Xattr>> {
     let mut names = vec![0u8; 1024];
     let n = loop {
-        match rustix::fs::llistxattr(path, &mut names[..]) {
+        match list(&mut names[..]) {
             Ok(n) => break n,
             Err(rustix::io::Errno::RANGE) => {
-                let need: usize =
-                    rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(io::Error::from)?;
+                let need: usize = list(&mut [0u8; 0][..]).map_err(io::Error::from)?;
                 names.resize(need.max(names.len() * 2), 0);
             }
             Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
@@ -29,12 +61,11 @@ pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
         let cname = CString::new(name).unwrap();
         let mut val = vec![0u8; 256];
         let got = loop {
-            match rustix::fs::lgetxattr(path, cname.as_c_str(), &mut val[..]) {
+            match get(cname.as_c_str(), &mut val[..]) {
                 Ok(k) => break Some(k),
                 Err(rustix::io::Errno::RANGE) => {
                     let need: usize =
-                        rustix::fs::lgetxattr(path, cname.as_c_str(), &mut [0u8; 0][..])
-                            .map_err(io::Error::from)?;
+                        get(cname.as_c_str(), &mut [0u8; 0][..]).map_err(io::Error::from)?;
                     val.resize(need.max(val.len() * 2), 0);
                 }
                 Err(rustix::io::Errno::NODATA) => break None,
@@ -51,6 +82,223 @@ pub fn read_xattrs(path: &Path) -> io::Result<Vec<Xattr>> {
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// `listxattrat` and `getxattrat` (Linux 6.13), which libc does not wrap yet.
+mod xattrat {
+    use std::ffi::CStr;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use rustix::io::{Errno, Result};
+
+    // The new system calls have the same numbers on every architecture
+    // that uses the common table; elsewhere, report them missing.
+    #[cfg(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "arm",
+        target_arch = "x86",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    ))]
+    const SYS: Option<(libc::c_long, libc::c_long)> = Some((464, 465));
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "riscv64",
+        target_arch = "loongarch64",
+        target_arch = "arm",
+        target_arch = "x86",
+        target_arch = "powerpc64",
+        target_arch = "s390x"
+    )))]
+    const SYS: Option<(libc::c_long, libc::c_long)> = None;
+
+    #[repr(C)]
+    struct XattrArgs {
+        value: u64,
+        size: u32,
+        flags: u32,
+    }
+
+    fn ret(r: libc::c_long) -> Result<usize> {
+        if r < 0 {
+            Err(Errno::from_raw_os_error(
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            ))
+        } else {
+            Ok(r as usize)
+        }
+    }
+
+    pub fn list(dir: BorrowedFd<'_>, path: &CStr, buf: &mut [u8]) -> Result<usize> {
+        let Some((_, nr)) = SYS else {
+            return Err(Errno::NOSYS);
+        };
+        // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
+        ret(unsafe {
+            libc::syscall(
+                nr,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        })
+    }
+
+    pub fn get(dir: BorrowedFd<'_>, path: &CStr, name: &CStr, buf: &mut [u8]) -> Result<usize> {
+        let Some((nr, _)) = SYS else {
+            return Err(Errno::NOSYS);
+        };
+        let mut args = XattrArgs {
+            value: buf.as_mut_ptr() as u64,
+            size: buf.len().min(u32::MAX as usize) as u32,
+            flags: 0,
+        };
+        // SAFETY: the kernel writes at most `args.size` bytes at `args.value`.
+        ret(unsafe {
+            libc::syscall(
+                nr,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW as libc::c_uint,
+                name.as_ptr(),
+                &mut args as *mut XattrArgs,
+                std::mem::size_of::<XattrArgs>(),
+            )
+        })
+    }
+}
+
+/// What `lstat` says about an entry, as `std::fs::Metadata` would give it.
+#[derive(Clone, Copy)]
+pub struct Stat {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub rdev: u64,
+    pub atime: (i64, i64),
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl Stat {
+    pub fn kind(&self) -> u32 {
+        self.mode & libc::S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+}
+
+/// `lstat` of the entry `name` of the directory `dir` (never following a
+/// symlink), looking up only that one component.
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_SYNC_AS_STAT;
+    match rustix::fs::statx(dir, name, flags, StatxFlags::BASIC_STATS) {
+        Ok(x) => {
+            let t = |ts: rustix::fs::StatxTimestamp| (ts.tv_sec, ts.tv_nsec as i64);
+            Ok(Stat {
+                mode: x.stx_mode as u32,
+                uid: x.stx_uid,
+                gid: x.stx_gid,
+                nlink: x.stx_nlink as u64,
+                size: x.stx_size,
+                blocks: x.stx_blocks,
+                // As the standard library makes them from statx.
+                dev: libc::makedev(x.stx_dev_major, x.stx_dev_minor),
+                ino: x.stx_ino,
+                rdev: libc::makedev(x.stx_rdev_major, x.stx_rdev_minor),
+                atime: t(x.stx_atime),
+                mtime: t(x.stx_mtime),
+                ctime: t(x.stx_ctime),
+            })
+        }
+        Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+            let s = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+            Ok(Stat {
+                mode: s.st_mode,
+                uid: s.st_uid,
+                gid: s.st_gid,
+                nlink: s.st_nlink,
+                size: s.st_size as u64,
+                blocks: s.st_blocks as u64,
+                dev: s.st_dev,
+                ino: s.st_ino,
+                rdev: s.st_rdev,
+                atime: (s.st_atime, s.st_atime_nsec as i64),
+                mtime: (s.st_mtime, s.st_mtime_nsec as i64),
+                ctime: (s.st_ctime, s.st_ctime_nsec as i64),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The target of the symlink `name` in the directory `dir`.
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    Ok(rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes())
+}
+
+/// Opens a directory to read its entries and to look entries up in it,
+/// without updating its atime when allowed and without following a symlink
+/// in the last component unless `follow`.
+pub fn open_dir(path: &Path, follow: bool) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, open};
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    match open(path, flags | OFlags::NOATIME, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::PERM) => Ok(open(path, flags, Mode::empty())?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A directory handle only to look entries up in (`O_PATH`): no read
+/// permission needed, nothing read, no atime touched.
+pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags, open};
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(open(path, flags, Mode::empty())?)
+}
+
+/// The names in the directory `fd` (without `.` and `..`), unsorted.
+pub fn read_dir_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<CString>> {
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(fd)? {
+        let e = e?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            names.push(n.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// Opens the regular file `name` of the directory `dir` for reading as
+/// [`open_noatime`] does. `O_NONBLOCK`, so that a fifo put in the file's
+/// place since the walk does not block the open (the caller checks that
+/// it is still the same file; reads of a regular file ignore the flag).
+pub fn open_noatime_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    match openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(rustix::io::Errno::PERM) => Ok(File::from(openat(dir, name, flags, Mode::empty())?)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Opens a file for reading without updating its atime when allowed, and

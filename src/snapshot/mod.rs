@@ -557,8 +557,30 @@ fn read_files(
         std::thread::Builder::new()
             .name("hbb-open".into())
             .spawn_scoped(s, move || {
+                // Files come grouped by directory: each directory is looked
+                // up once and its files opened relative to it.
+                let mut dir: Option<(&Path, std::io::Result<std::os::fd::OwnedFd>)> = None;
+                let mut cname = Vec::new();
                 for job in files {
-                    let f = sys::open_noatime(&job.path);
+                    let parent = job.path.parent().unwrap_or(Path::new("/"));
+                    if dir
+                        .as_ref()
+                        .is_none_or(|(p, _)| p.as_os_str() != parent.as_os_str())
+                    {
+                        dir = Some((parent, sys::open_dir_path(parent)));
+                    }
+                    let name = job.path.file_name().and_then(|n| {
+                        cname.clear();
+                        cname.extend_from_slice(n.as_bytes());
+                        cname.push(0);
+                        std::ffi::CStr::from_bytes_with_nul(&cname).ok()
+                    });
+                    let f = match (&dir, name) {
+                        (Some((_, Ok(dfd))), Some(name)) => sys::open_noatime_at(dfd.as_fd(), name),
+                        // The directory is gone or unreadable: the full path
+                        // gives the error to report.
+                        _ => sys::open_noatime(&job.path),
+                    };
                     if let Ok(f) = &f
                         && job.size > 0
                     {

@@ -3,9 +3,10 @@
 //! entry's metadata. Regular files are listed for the read pass.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -73,12 +74,33 @@ impl Excludes {
     pub fn excluded(&self, rel: &Path, name: &std::ffi::OsStr) -> bool {
         self.by_name.is_match(Path::new(name)) || self.by_path.is_match(rel)
     }
+
+    /// As [`Excludes::excluded`], making the relative path only when a
+    /// pattern needs it.
+    fn excluded_with(&self, rel: impl FnOnce() -> PathBuf, name: &OsStr) -> bool {
+        (!self.by_name.is_empty() && self.by_name.is_match(Path::new(name)))
+            || (!self.by_path.is_empty() && self.by_path.is_match(rel()))
+    }
 }
 
 pub fn time(sec: i64, nsec: i64) -> Time {
     Time {
         sec,
         nsec: nsec.clamp(0, 999_999_999) as u32,
+    }
+}
+
+fn inode_from_stat(md: &sys::Stat, body: Body, xattrs: Vec<crate::archive::Xattr>) -> Inode {
+    Inode {
+        perm: md.mode & 0o7777,
+        uid: md.uid,
+        gid: md.gid,
+        nlink: 1,
+        mtime: time(md.mtime.0, md.mtime.1),
+        atime: time(md.atime.0, md.atime.1),
+        ctime: time(md.ctime.0, md.ctime.1),
+        xattrs,
+        body,
     }
 }
 
@@ -152,121 +174,312 @@ pub fn walk(root: &Path, excludes: &Excludes, one_file_system: bool) -> Result<T
     t.gids.insert(rmd.gid(), ());
     t.stats.dirs += 1;
     let mut links: HashMap<(u64, u64), u32> = HashMap::new();
-    // (inode, absolute path, path relative to root)
-    let mut stack: Vec<(u32, PathBuf, PathBuf)> = vec![(0, root.to_path_buf(), PathBuf::new())];
-    while let Some((dir_ino, dir_path, rel)) = stack.pop() {
-        let mut names: Vec<OsString> = match sys::read_dir_names(&dir_path) {
-            Ok(v) => v.into_iter().map(|(n, _)| n).collect(),
-            Err(e) => {
-                t.warnings
-                    .push(format!("{}: reading directory: {e}", dir_path.display()));
-                Vec::new()
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    std::thread::scope(|s| {
+        // Helper threads scan the directories the walk will come to next
+        // (list, sort, lstat, extended attributes, symlink targets), so
+        // that these system calls run on every core. The walk takes the
+        // scans in its own order, so the tree does not depend on timing.
+        let (req_tx, req_rx) = crossbeam_channel::unbounded::<ScanRequest>();
+        if threads > 1 {
+            for _ in 0..threads {
+                let req_rx = req_rx.clone();
+                std::thread::Builder::new()
+                    .name("hbb-walk".into())
+                    .spawn_scoped(s, move || {
+                        for r in req_rx {
+                            let _ = r
+                                .reply
+                                .send(scan(&r.dir, &r.rel, false, excludes, SCAN_AHEAD));
+                        }
+                    })
+                    .expect("spawn walk thread");
             }
-        };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let first = t.dirents.len() as u32;
-        let mut subdirs = Vec::new();
-        for name in names {
-            let path = dir_path.join(&name);
-            let crel = rel.join(&name);
-            if excludes.excluded(&crel, &name) {
-                continue;
-            }
-            let md = match std::fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    t.warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
+        }
+        drop(req_rx);
+        let ahead = if threads > 1 { 4 * threads } else { 0 };
+        let mut stack: Vec<Pending> = vec![Pending {
+            ino: 0,
+            dir: root.to_path_buf(),
+            rel: PathBuf::new(),
+            scan: None,
+        }];
+        while let Some(p) = stack.pop() {
+            let scanned = match p.scan.and_then(|rx| rx.recv().ok()) {
+                Some(r) => r,
+                None => scan(&p.dir, &p.rel, p.ino == 0, excludes, 0),
             };
-            let ft = md.file_type();
-            if !ft.is_dir()
-                && md.nlink() > 1
-                && let Some(&existing) = links.get(&(md.dev(), md.ino()))
-            {
-                t.inodes[existing as usize].nlink += 1;
-                t.stats.hardlinks += 1;
-                t.dirents.push(Dirent {
-                    name: name.into_vec(),
-                    inode: existing,
-                });
-                continue;
-            }
-            let xattrs = sys::read_xattrs(&path).unwrap_or_else(|e| {
-                t.warnings
-                    .push(format!("{}: extended attributes: {e}", path.display()));
-                Vec::new()
-            });
-            let id = t.inodes.len() as u32;
-            let body = if ft.is_dir() {
-                t.stats.dirs += 1;
-                if !one_file_system || md.dev() == root_dev {
-                    subdirs.push((id, path.clone(), crel));
-                }
-                Body::Dir { first: 0, count: 0 }
-            } else if ft.is_file() {
-                t.stats.files += 1;
-                t.total_bytes += md.size();
-                t.files.push(FileJob {
-                    inode: id,
-                    path: path.clone(),
-                    dev: md.dev(),
-                    ino: md.ino(),
-                    size: md.size(),
-                    mtime: time(md.mtime(), md.mtime_nsec()),
-                    ctime: time(md.ctime(), md.ctime_nsec()),
-                    sparse: md.blocks().saturating_mul(512) < md.size(),
-                });
-                Body::File {
-                    size: md.size(),
-                    extents: Vec::new(),
-                }
-            } else if ft.is_symlink() {
-                t.stats.symlinks += 1;
-                match std::fs::read_link(&path) {
-                    Ok(target) => Body::Symlink {
-                        target: target.into_os_string().into_vec(),
-                    },
-                    Err(e) => {
-                        t.warnings
-                            .push(format!("{}: reading symlink: {e}", path.display()));
-                        continue;
+            let first = t.dirents.len() as u32;
+            let mut subdirs = Vec::new();
+            match scanned {
+                Ok(Scan { dfd, done, rest }) => {
+                    let more = rest.filter_map(|n| look(dfd.as_fd(), &p.dir, &p.rel, n, excludes));
+                    for e in done.into_iter().chain(more) {
+                        add_entry(
+                            &mut t,
+                            &mut links,
+                            e,
+                            &p.rel,
+                            one_file_system,
+                            root_dev,
+                            &mut subdirs,
+                        );
                     }
                 }
-            } else if ft.is_block_device() {
-                t.stats.specials += 1;
-                Body::BlockDev { rdev: md.rdev() }
-            } else if ft.is_char_device() {
-                t.stats.specials += 1;
-                Body::CharDev { rdev: md.rdev() }
-            } else if ft.is_fifo() {
-                t.stats.specials += 1;
-                Body::Fifo
-            } else if ft.is_socket() {
-                t.stats.specials += 1;
-                Body::Socket
-            } else {
-                t.warnings
-                    .push(format!("{}: unknown file type, skipped", path.display()));
-                continue;
-            };
-            if !ft.is_dir() && md.nlink() > 1 {
-                links.insert((md.dev(), md.ino()), id);
+                Err(e) => t
+                    .warnings
+                    .push(format!("{}: reading directory: {e}", p.dir.display())),
             }
-            t.uids.insert(md.uid(), ());
-            t.gids.insert(md.gid(), ());
-            t.inodes.push(inode_from(&md, body, xattrs));
-            t.dirents.push(Dirent {
-                name: name.into_vec(),
-                inode: id,
-            });
+            let count = t.dirents.len() as u32 - first;
+            t.inodes[p.ino as usize].body = Body::Dir { first, count };
+            // Reversed, so that the first subdirectory is walked first.
+            stack.extend(subdirs.into_iter().rev());
+            // Have the helpers scan the directories next in line.
+            for q in stack.iter_mut().rev().take(ahead) {
+                if q.scan.is_none() {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    if req_tx
+                        .send(ScanRequest {
+                            dir: q.dir.clone(),
+                            rel: q.rel.clone(),
+                            reply: tx,
+                        })
+                        .is_ok()
+                    {
+                        q.scan = Some(rx);
+                    }
+                }
+            }
         }
-        let count = t.dirents.len() as u32 - first;
-        t.inodes[dir_ino as usize].body = Body::Dir { first, count };
-        // Reversed, so that the first subdirectory is walked first.
-        stack.extend(subdirs.into_iter().rev());
-    }
+        drop(req_tx);
+    });
     Ok(t)
+}
+
+/// A directory still to walk, and its scan if a helper was asked for it.
+struct Pending {
+    ino: u32,
+    /// The absolute path, and the path relative to the root.
+    dir: PathBuf,
+    rel: PathBuf,
+    scan: Option<crossbeam_channel::Receiver<std::io::Result<Scan>>>,
+}
+
+struct ScanRequest {
+    dir: PathBuf,
+    rel: PathBuf,
+    reply: crossbeam_channel::Sender<std::io::Result<Scan>>,
+}
+
+/// One entry of a directory, as its scan found it. Errors are kept for the
+/// walk to report (or not: a second hard link's attributes are not used).
+struct Scanned {
+    name: CString,
+    path: PathBuf,
+    stat: std::io::Result<sys::Stat>,
+    xattrs: std::io::Result<Vec<crate::archive::Xattr>>,
+    link: Option<std::io::Result<Vec<u8>>>,
+}
+
+/// A directory, opened and listed (sorted bytewise), with its first
+/// entries looked up; the walk looks up the `rest` itself as it goes, so
+/// that a huge directory is not held in memory twice.
+struct Scan {
+    dfd: OwnedFd,
+    done: Vec<Scanned>,
+    rest: std::vec::IntoIter<CString>,
+}
+
+/// How many entries of a directory a helper looks up ahead of the walk.
+const SCAN_AHEAD: usize = 4096;
+
+/// Opens and lists the directory `dir` and looks up its first `ahead`
+/// entries. Nothing but the directory is opened.
+fn scan(
+    dir: &Path,
+    rel: &Path,
+    follow: bool,
+    excludes: &Excludes,
+    ahead: usize,
+) -> std::io::Result<Scan> {
+    let dfd = sys::open_dir(dir, follow)?;
+    let mut names = sys::read_dir_fd(dfd.as_fd())?;
+    names.sort_unstable_by(|a, b| a.to_bytes().cmp(b.to_bytes()));
+    let mut rest = names.into_iter();
+    let mut done = Vec::new();
+    for name in rest.by_ref().take(ahead) {
+        if let Some(e) = look(dfd.as_fd(), dir, rel, name, excludes) {
+            done.push(e);
+        }
+    }
+    Ok(Scan { dfd, done, rest })
+}
+
+/// Looks up the entry `name` of the directory `dfd` (whose path is `dir`,
+/// `rel` from the root): one path component per call, not the whole path
+/// again. `None` if it is excluded.
+fn look(
+    dfd: BorrowedFd<'_>,
+    dir: &Path,
+    rel: &Path,
+    name: CString,
+    excludes: &Excludes,
+) -> Option<Scanned> {
+    let os = OsStr::from_bytes(name.to_bytes());
+    if excludes.excluded_with(|| rel.join(os), os) {
+        return None;
+    }
+    let path = join_exact(dir, os);
+    let stat = sys::stat_at(dfd, &name);
+    let (xattrs, link) = match &stat {
+        Ok(md) => (
+            sys::read_xattrs_at(dfd, &name, &path),
+            (md.kind() == libc::S_IFLNK).then(|| sys::read_link_at(dfd, &name)),
+        ),
+        Err(_) => (Ok(Vec::new()), None),
+    };
+    Some(Scanned {
+        name,
+        path,
+        stat,
+        xattrs,
+        link,
+    })
+}
+
+/// `dir.join(name)` for a plain name, without spare capacity: it is kept
+/// for every regular file until the end of the snapshot.
+fn join_exact(dir: &Path, name: &OsStr) -> PathBuf {
+    let d = dir.as_os_str().as_bytes();
+    let sep = !d.ends_with(b"/");
+    let mut v = Vec::with_capacity(d.len() + usize::from(sep) + name.len());
+    v.extend_from_slice(d);
+    if sep {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name.as_bytes());
+    PathBuf::from(std::ffi::OsString::from_vec(v))
+}
+
+/// Records one scanned entry in the tree (a directory to descend into goes
+/// to `subdirs`).
+fn add_entry(
+    t: &mut Tree,
+    links: &mut HashMap<(u64, u64), u32>,
+    e: Scanned,
+    rel: &Path,
+    one_file_system: bool,
+    root_dev: u64,
+    subdirs: &mut Vec<Pending>,
+) {
+    let Scanned {
+        name,
+        path,
+        stat,
+        xattrs,
+        link,
+    } = e;
+    let md = match stat {
+        Ok(m) => m,
+        Err(e) => {
+            t.warnings.push(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    let kind = md.kind();
+    if kind != libc::S_IFDIR
+        && md.nlink > 1
+        && let Some(&existing) = links.get(&(md.dev, md.ino))
+    {
+        t.inodes[existing as usize].nlink += 1;
+        t.stats.hardlinks += 1;
+        t.dirents.push(Dirent {
+            name: name.into_bytes(),
+            inode: existing,
+        });
+        return;
+    }
+    let xattrs = xattrs.unwrap_or_else(|e| {
+        t.warnings
+            .push(format!("{}: extended attributes: {e}", path.display()));
+        Vec::new()
+    });
+    let id = t.inodes.len() as u32;
+    let body = match kind {
+        libc::S_IFDIR => {
+            t.stats.dirs += 1;
+            if !one_file_system || md.dev == root_dev {
+                subdirs.push(Pending {
+                    ino: id,
+                    dir: path,
+                    rel: rel.join(OsStr::from_bytes(name.to_bytes())),
+                    scan: None,
+                });
+            }
+            Body::Dir { first: 0, count: 0 }
+        }
+        libc::S_IFREG => {
+            t.stats.files += 1;
+            t.total_bytes += md.size;
+            t.files.push(FileJob {
+                inode: id,
+                path,
+                dev: md.dev,
+                ino: md.ino,
+                size: md.size,
+                mtime: time(md.mtime.0, md.mtime.1),
+                ctime: time(md.ctime.0, md.ctime.1),
+                sparse: md.blocks.saturating_mul(512) < md.size,
+            });
+            Body::File {
+                size: md.size,
+                extents: Vec::new(),
+            }
+        }
+        libc::S_IFLNK => {
+            t.stats.symlinks += 1;
+            match link {
+                Some(Ok(target)) => Body::Symlink { target },
+                Some(Err(e)) => {
+                    t.warnings
+                        .push(format!("{}: reading symlink: {e}", path.display()));
+                    return;
+                }
+                None => unreachable!("a symlink's target is read with its lstat"),
+            }
+        }
+        libc::S_IFBLK => {
+            t.stats.specials += 1;
+            Body::BlockDev { rdev: md.rdev }
+        }
+        libc::S_IFCHR => {
+            t.stats.specials += 1;
+            Body::CharDev { rdev: md.rdev }
+        }
+        libc::S_IFIFO => {
+            t.stats.specials += 1;
+            Body::Fifo
+        }
+        libc::S_IFSOCK => {
+            t.stats.specials += 1;
+            Body::Socket
+        }
+        _ => {
+            t.warnings
+                .push(format!("{}: unknown file type, skipped", path.display()));
+            return;
+        }
+    };
+    if kind != libc::S_IFDIR && md.nlink > 1 {
+        links.insert((md.dev, md.ino), id);
+    }
+    t.uids.insert(md.uid, ());
+    t.gids.insert(md.gid, ());
+    t.inodes.push(inode_from_stat(&md, body, xattrs));
+    t.dirents.push(Dirent {
+        name: name.into_bytes(),
+        inode: id,
+    });
 }
 
 /// Removes inodes the read pass could not store, with their entries.

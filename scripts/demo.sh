@@ -42,7 +42,7 @@ echo "== repository: init, two snapshots of a copy of $src (one file changed bet
 cp -a "$src" "$work/tree"
 "$hbb" repo init "$work/repo"
 "$hbb" snapshot "$work/tree" "$work/repo" --name first
-some=$(find "$work/tree" -type f -size +1k | head -1)
+some=$(find "$work/tree" -type f -size +1k -print -quit)
 if [ -n "$some" ]; then echo "changed by the demo" >>"$some"; fi
 "$hbb" snapshot "$work/tree" "$work/repo" --name second
 "$hbb" list "$work/repo"

@@ -403,6 +403,17 @@ fn deleted_catalog_is_rebuilt_the_same() {
     assert_eq!(list(&repo), before, "rebuilt on open");
     assert_ok(&hbb(&["repo", "rebuild-catalog", "-q", s(&repo)]));
     assert_eq!(list(&repo), before, "rebuilt on demand");
+    // A snapshot killed after it got its name, before the catalog heard of
+    // it: it is whole, and the next reader lists it.
+    fs::write(src.join("plain.txt"), b"changed again").unwrap();
+    let o = hbb_env(
+        &["snapshot", "-q", s(&src), s(&repo), "--name", "k"],
+        &[("HBB_FAULT", "snapshot-named")],
+    );
+    assert_eq!(o.status.signal(), Some(9));
+    let names: Vec<_> = list(&repo).iter().map(|r| r["name"].clone()).collect();
+    assert_eq!(names, vec!["a", "b", "k"]);
+    assert_ok(&hbb(&["verify", "-q", &format!("{}::k", s(&repo))]));
     // The rebuilt catalog still knows the blocks: nothing new is stored.
     let c = snap(&src, &repo, &["--name", "c"]);
     assert_eq!(c["bytes_stored"], 0);

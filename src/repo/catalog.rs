@@ -225,8 +225,15 @@ impl Catalog {
         let mut c = Catalog { db, path };
         let version: Option<i64> = c.get_meta("schema")?.and_then(|v| v.parse().ok());
         let dirty = c.get_meta("dirty")?.is_some();
-        if !existed || dirty || version != Some(SCHEMA_VERSION) {
-            if existed && !dirty {
+        // A snapshot named but not recorded (its writer was killed between
+        // the two), or recorded but gone: the files are the truth.
+        let stale = existed && !dirty && version == Some(SCHEMA_VERSION) && {
+            let mut have: Vec<String> = c.snapshots()?.into_iter().map(|r| r.name).collect();
+            have.sort();
+            have != repo.snapshot_names()?
+        };
+        if !existed || dirty || stale || version != Some(SCHEMA_VERSION) {
+            if existed && !dirty && !stale {
                 log::info!(
                     "{}: catalog schema changed; rebuilding it",
                     c.path.display()

@@ -135,6 +135,7 @@ pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
     });
     match snapshot::snapshot(&o) {
         Ok(outcome) => {
+            super::fault_point("snapshot-named");
             let a = Archive::open(&o.archive)?;
             let row = SnapshotRow::of(&name, &a);
             cat.add_snapshot(&row, &outcome.new_blocks)?;

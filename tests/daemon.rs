@@ -34,8 +34,8 @@ impl Master {
         a.extend_from_slice(args);
         hbb(&a)
     }
-    fn daemon(&self, extra: &[&str]) -> Child {
-        Command::new(bin())
+    fn daemon(&self, extra: &[&str]) -> Daemon {
+        let c = Command::new(bin())
             .args([
                 "--home",
                 &self.home(),
@@ -48,7 +48,8 @@ impl Master {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        Daemon(Some(c))
     }
     fn history(&self) -> Vec<serde_json::Value> {
         let o = self.hbb(&["history", "--json", "-n", "1000"]);
@@ -61,7 +62,21 @@ impl Master {
 }
 
 /// SIGTERM, then the daemon's stderr.
-fn stop(c: Child) -> String {
+/// A daemon started by a test: killed (SIGKILL) in Drop if the test
+/// failed before stopping it, so that none outlives its test.
+struct Daemon(Option<Child>);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn stop(mut d: Daemon) -> String {
+    let c = d.0.take().unwrap();
     // SAFETY: a plain kill(2) of our own child.
     unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
     let out = c.wait_with_output().unwrap();

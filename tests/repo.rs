@@ -553,3 +553,43 @@ fn a_snapshot_opened_while_prune_rewrites_it_reads_whole() {
     let o = c.wait_with_output().unwrap();
     assert!(o.status.success(), "verify: {}", stderr(&o));
 }
+
+#[test]
+fn a_snapshot_leaves_out_where_it_is_written() {
+    let t = Tmp::new("repo-own");
+    let src = t.path("src");
+    make_every_kind(&src);
+    // A repository inside the tree it backs up.
+    let repo = src.join("backups/repo");
+    fs::create_dir_all(src.join("backups")).unwrap();
+    init(&repo);
+    let first = snap(&src, &repo, &["--name", "one"]);
+    write_noise(&src.join("more.bin"), 2 << 20, 5);
+    let second = snap(&src, &repo, &["--name", "two"]);
+    assert!(
+        second["bytes_stored"].as_u64().unwrap() < (2 << 20) + 100_000,
+        "{second}"
+    );
+    let o = hbb(&["ls", &format!("{}::two", s(&repo)), "backups"]);
+    assert_ok(&o);
+    assert!(
+        o.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let _ = first;
+    // verify --source knows it was left out on purpose.
+    assert_ok(&hbb(&[
+        "verify",
+        "-q",
+        &format!("{}::two", s(&repo)),
+        "--source",
+        s(&src),
+    ]));
+    // An archive file inside the tree: the same.
+    let arc = src.join("self.hbb");
+    assert_ok(&hbb(&["snapshot", "-q", s(&src), s(&arc)]));
+    let o = hbb(&["ls", s(&arc)]);
+    let names = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!names.lines().any(|l| l == "self.hbb"), "{names}");
+}

@@ -229,7 +229,16 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         None => sys::random_id(),
     };
 
-    let excludes = walk::Excludes::new(&o.excludes)?;
+    let mut exclude_list = o.excludes.clone();
+    if let Plan::Files { root } = &plan {
+        for own in own_output(o, root) {
+            if !o.quiet {
+                eprintln!("hbb: leaving out {own}: where this snapshot is written");
+            }
+            exclude_list.push(own);
+        }
+    }
+    let excludes = walk::Excludes::new(&exclude_list)?;
     let cfg = pipeline::Config {
         threads: o.threads,
         level: o.level,
@@ -363,7 +372,7 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         level: o.level,
         threads: o.threads as u32,
         volume_threshold: o.volume_threshold,
-        excludes: o.excludes.clone(),
+        excludes: exclude_list,
         one_file_system: o.one_file_system,
         stats,
         warnings: tree.warnings,
@@ -408,6 +417,46 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         ext,
         new_blocks,
     })
+}
+
+/// An exclude pattern for where the snapshot itself is written, when that
+/// lies inside the tree being read: the repository's directory, or the
+/// archive file and its partial file. Without it, a backup of `/` into
+/// `/var/backups` would hold the earlier backups, and read its own output.
+fn own_output(o: &Options, root: &Path) -> Vec<String> {
+    own_output_inner(o, root).unwrap_or_default()
+}
+
+fn own_output_inner(o: &Options, root: &Path) -> Option<Vec<String>> {
+    let root = root.canonicalize().ok()?;
+    let (dir, names): (PathBuf, Vec<String>) = match &o.repo {
+        Some(rt) => {
+            let r = rt.root.canonicalize().ok()?;
+            let name = r.file_name()?.to_str()?.to_string();
+            (r.parent()?.to_path_buf(), vec![globset::escape(&name)])
+        }
+        None if o.archive != Path::new("-") => {
+            let dir = match o.archive.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let name = o.archive.file_name()?.to_str()?;
+            let e = globset::escape(name);
+            (
+                dir.canonicalize().ok()?,
+                vec![e.clone(), format!(".{e}.hbb-partial-*")],
+            )
+        }
+        None => return None,
+    };
+    let rel = dir.strip_prefix(&root).ok()?.to_str()?;
+    let prefix = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", globset::escape(rel))
+    };
+    // A leading '/' makes each a path from the source root (see Excludes).
+    Some(names.iter().map(|n| format!("/{prefix}{n}")).collect())
 }
 
 /// The parent's inode for `f` if the file is unchanged since: the same

@@ -11,7 +11,6 @@
 //! which then removes its partial files.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -355,21 +354,7 @@ fn job_busy(home: &Path, name: &str) -> bool {
 fn try_job_lock(home: &Path, name: &str) -> Result<Option<std::fs::File>> {
     let dir = home.join("locks");
     std::fs::create_dir_all(&dir).at(&dir)?;
-    let p = dir.join(format!("{name}.lock"));
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .at(&p)?;
-    match rustix::fs::flock(
-        f.as_fd(),
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    ) {
-        Ok(()) => Ok(Some(f)),
-        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-        Err(e) => Err(Error::io(&p, e.into())),
-    }
+    crate::sys::try_flock(&dir.join(format!("{name}.lock")), true)
 }
 
 /// `hbb job run NAME`: one snapshot of the job's source into its
@@ -867,22 +852,10 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
 
 /// One daemon per home.
 fn daemon_lock(home: &Path) -> Result<std::fs::File> {
-    let p = home.join("daemon.lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .at(&p)?;
-    match rustix::fs::flock(
-        f.as_fd(),
-        rustix::fs::FlockOperation::NonBlockingLockExclusive,
-    ) {
-        Ok(()) => Ok(f),
-        Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Other(format!(
+    crate::sys::try_flock(&home.join("daemon.lock"), true)?.ok_or_else(|| {
+        Error::Other(format!(
             "a daemon is running already for {}",
             home.display()
-        ))),
-        Err(e) => Err(Error::io(&p, e.into())),
-    }
+        ))
+    })
 }

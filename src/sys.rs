@@ -431,3 +431,28 @@ pub fn os(p: &[u8]) -> &OsStr {
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
+
+/// Opens (creating) `path` and takes an flock on it without waiting:
+/// `Ok(None)` when another open file holds a conflicting lock. The kernel
+/// drops the lock when the returned file is closed or its process dies.
+pub fn try_flock(path: &Path, exclusive: bool) -> crate::Result<Option<File>> {
+    use crate::error::IoContext;
+    use rustix::fs::FlockOperation as Op;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)?;
+    let op = if exclusive {
+        Op::NonBlockingLockExclusive
+    } else {
+        Op::NonBlockingLockShared
+    };
+    match rustix::fs::flock(&f, op) {
+        Ok(()) => Ok(Some(f)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(crate::Error::io(path, e.into())),
+    }
+}

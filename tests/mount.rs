@@ -12,7 +12,6 @@ mod common;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,9 +23,6 @@ use hbb::archive::{Archive, BlockLoc, Body};
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// A FUSE mount made by `hbb mount`, undone on drop whatever happened.
-struct Mounted(PathBuf);
 
 impl Mounted {
     /// Mounts in the background; returns once `hbb mount` has exited 0.
@@ -46,89 +42,6 @@ impl Mounted {
     fn guard(mp: &Path) -> Mounted {
         Mounted(mp.to_path_buf())
     }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if !is_mounted(&self.0) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z", "--"])
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() {
-            let d = &s[i + 1..i + 4];
-            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The topmost mount at `p`, if any: its mountinfo line.
-fn mount_line(p: &Path) -> Option<String> {
-    let p = match p.canonicalize() {
-        Ok(c) => c,
-        // A dead FUSE mount cannot be resolved: compare as given.
-        Err(_) => std::path::absolute(p).unwrap(),
-    };
-    let text = fs::read("/proc/self/mountinfo").unwrap();
-    let mut found = None;
-    for line in text.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if f.len() > 4 && unescape(f[4]) == p.as_os_str().as_bytes() {
-            found = Some(String::from_utf8_lossy(line).into_owned());
-        }
-    }
-    found
-}
-
-/// The filesystem type of the topmost mount at `p`.
-fn mount_type(p: &Path) -> Option<String> {
-    let line = mount_line(p)?;
-    let after = line.split(" - ").nth(1)?;
-    after.split(' ').next().map(str::to_string)
-}
-
-fn is_mounted(p: &Path) -> bool {
-    mount_line(p).is_some()
-}
-
-/// Pids of `hbb mount` processes serving `mp`.
-fn daemons(mp: &Path) -> Vec<i32> {
-    let want = mp.as_os_str().as_bytes();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"hbb"))
-            && args.get(1) == Some(&&b"mount"[..])
-            && args.contains(&want)
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 #[track_caller]
@@ -588,7 +501,9 @@ fn mount_errors_say_why() {
         (&f).read_to_string(&mut s).unwrap();
         assert_eq!(s, "data\n");
         drop(f);
-        wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+        wait_until("the daemon exits", 10, || {
+            mount_daemons("mount", &mp).is_empty()
+        });
     }
     fails(&["umount", mp.to_str().unwrap()], "not mounted");
     // Without /dev/fuse (a private /dev in a mount namespace).
@@ -627,11 +542,13 @@ fn signals_and_umount_leave_nothing_behind() {
     let mp = t.path("bg");
     let _m = Mounted::new(&arc, &mp, &[]);
     cmp(&src.join("f"), &mp.join("f"));
-    let pids = daemons(&mp);
+    let pids = mount_daemons("mount", &mp);
     assert_eq!(pids.len(), 1, "one daemon serves the mount: {pids:?}");
     kill(pids[0], libc::SIGTERM);
     wait_until("SIGTERM unmounts", 10, || !is_mounted(&mp));
-    wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    wait_until("the daemon exits", 10, || {
+        mount_daemons("mount", &mp).is_empty()
+    });
     // Not a dead "Transport endpoint is not connected" mount: a directory.
     assert!(fs::metadata(&mp).unwrap().is_dir());
 
@@ -641,7 +558,9 @@ fn signals_and_umount_leave_nothing_behind() {
         cmp(&src.join("f"), &mp.join("f"));
         assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
         assert!(!is_mounted(&mp));
-        wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+        wait_until("the daemon exits", 10, || {
+            mount_daemons("mount", &mp).is_empty()
+        });
         drop(m);
     }
     // In quick succession: a daemon on its way out never touches the next
@@ -653,7 +572,9 @@ fn signals_and_umount_leave_nothing_behind() {
         assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
         drop(m);
     }
-    wait_until("the daemons exit", 10, || daemons(&mp).is_empty());
+    wait_until("the daemons exit", 10, || {
+        mount_daemons("mount", &mp).is_empty()
+    });
     assert!(!is_mounted(&mp));
 }
 
@@ -690,7 +611,7 @@ fn sixty_four_readers_under_load() {
     snapshot(&src, &arc, &[]);
     let cache: u64 = 8 << 20;
     let m = Mounted::new(&arc, &mp, &["--cache", "8M", "--threads", "4"]);
-    let pid = daemons(&mp)[0];
+    let pid = mount_daemons("mount", &mp)[0];
     let want: Arc<Vec<Vec<u8>>> = Arc::new(
         names
             .iter()
@@ -768,7 +689,9 @@ fn sixty_four_readers_under_load() {
         peak >> 20
     );
     assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
-    wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    wait_until("the daemon exits", 10, || {
+        mount_daemons("mount", &mp).is_empty()
+    });
     assert!(!is_mounted(&mp));
     drop(m);
 }
@@ -782,10 +705,12 @@ fn a_killed_daemon_leaves_a_mount_that_hbb_umount_cleans() {
     fs::write(src.join("x"), b"still here\n").unwrap();
     snapshot(&src, &arc, &[]);
     let m = Mounted::new(&arc, &mp, &[]);
-    let pids = daemons(&mp);
+    let pids = mount_daemons("mount", &mp);
     assert_eq!(pids.len(), 1);
     kill(pids[0], libc::SIGKILL);
-    wait_until("the daemon dies", 10, || daemons(&mp).is_empty());
+    wait_until("the daemon dies", 10, || {
+        mount_daemons("mount", &mp).is_empty()
+    });
     // "Transport endpoint is not connected" (or, for a request caught in
     // flight, "Software caused connection abort").
     let e = fs::metadata(&mp).unwrap_err();

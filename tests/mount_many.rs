@@ -13,7 +13,6 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,9 +23,6 @@ use common::*;
 
 // ---------------------------------------------------------------------------
 // Harness
-
-/// A FUSE mount, undone on drop whatever happened.
-struct Mounted(PathBuf);
 
 impl Mounted {
     /// `hbb mount-archives MP ARCHIVES... EXTRA...` in the background;
@@ -58,80 +54,6 @@ impl Mounted {
         wait_until("mount -f ready", 20, || is_mounted(mp));
         (m, child)
     }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if !is_mounted(&self.0) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z", "--"])
-            .arg(&self.0)
-            .stderr(Stdio::null())
-            .status();
-        if is_mounted(&self.0) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn unescape(s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'\\' && i + 3 < s.len() {
-            let d = &s[i + 1..i + 4];
-            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-            i += 4;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The mountinfo line of the topmost mount at `p`.
-fn mount_line(p: &Path) -> Option<String> {
-    let p = p
-        .canonicalize()
-        .unwrap_or_else(|_| std::path::absolute(p).unwrap());
-    let text = fs::read("/proc/self/mountinfo").unwrap();
-    let mut found = None;
-    for line in text.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        if f.len() > 4 && unescape(f[4]) == p.as_os_str().as_bytes() {
-            found = Some(String::from_utf8_lossy(line).into_owned());
-        }
-    }
-    found
-}
-
-fn is_mounted(p: &Path) -> bool {
-    mount_line(p).is_some()
-}
-
-/// Pids of `hbb mount-archives` processes serving `mp`.
-fn daemons(mp: &Path) -> Vec<i32> {
-    let want = mp.as_os_str().as_bytes();
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"hbb"))
-            && args.get(1) == Some(&&b"mount-archives"[..])
-            && args.contains(&want)
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// The files a process has open, by path.
@@ -432,10 +354,12 @@ fn three_archives_mount_as_three_directories() {
     assert_eq!(errno(fs::read(mp.join("alpha"))), Some(libc::EISDIR));
 
     // hbb umount: unmounted, the daemon gone.
-    assert_eq!(daemons(&mp).len(), 1);
+    assert_eq!(mount_daemons("mount-archives", &mp).len(), 1);
     assert_ok(&hbb(&["umount", mp.to_str().unwrap()]));
     assert!(!is_mounted(&mp));
-    wait_until("the daemon exits", 10, || daemons(&mp).is_empty());
+    wait_until("the daemon exits", 10, || {
+        mount_daemons("mount-archives", &mp).is_empty()
+    });
     drop(m);
 
     // The same list mounts with the same inode numbers.
@@ -546,7 +470,7 @@ fn interleaved_reads_of_two_archives_share_one_cache() {
     let [ba, bb] = got;
     assert!(ba == want[0] && bb == want[1]);
     // One pool of workers for both archives.
-    let pid = daemons(&mp)[0];
+    let pid = mount_daemons("mount-archives", &mp)[0];
     let workers = thread_names(pid)
         .iter()
         .filter(|n| n.starts_with("hbb-mount-"))
@@ -616,7 +540,7 @@ fn archives_are_opened_only_when_looked_into() {
     }
     let mp = t.path("mnt");
     let _m = Mounted::new(&mp, &arcs, &["--cache", "4M"]);
-    let pid = daemons(&mp)[0];
+    let pid = mount_daemons("mount-archives", &mp)[0];
     // Nothing open after mounting, listing, `ls -l` of the top, a stat of
     // each entry's directory.
     assert!(open_archives(pid).is_empty(), "{:?}", open_archives(pid));

@@ -72,18 +72,6 @@ fn restore_and_compare(repo: &Path, name: &str, expect: &Path, into: &Path) {
     diff_r(expect, into);
 }
 
-/// A mount point, unmounted in Drop (also when a test fails).
-struct Mnt(std::path::PathBuf);
-
-impl Drop for Mnt {
-    fn drop(&mut self) {
-        let _ = Command::new(bin())
-            .args(["umount", "-z"])
-            .arg(&self.0)
-            .output();
-    }
-}
-
 fn init(repo: &Path) {
     assert_ok(&hbb(&["repo", "init", "-q", s(repo)]));
 }
@@ -134,7 +122,7 @@ fn second_snapshot_stores_only_what_changed_and_both_restore_whole() {
         let mp = t.path("mnt");
         fs::create_dir_all(&mp).unwrap();
         assert_ok(&hbb(&["mount", s(&repo), s(&mp)]));
-        let m = Mnt(mp.clone());
+        let m = Mounted(mp.clone());
         let mut names: Vec<_> = fs::read_dir(&mp)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -270,61 +270,34 @@ impl Repo {
 
     /// Tries to take the readers' lock exclusively (no reader has a snapshot open).
     pub fn try_readers_exclusive(&self) -> Result<Option<File>> {
-        let p = self.root.join("readers.lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
-        match rustix::fs::flock(
-            f.as_fd(),
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        ) {
-            Ok(()) => Ok(Some(f)),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(Error::io(&p, e.into())),
-        }
+        crate::sys::try_flock(&self.root.join("readers.lock"), true)
     }
 
     /// Takes the writers' lock, waiting up to `wait` for it. A lock is an
     /// flock: the kernel releases it when its holder dies.
     pub fn lock(&self, what: &str, wait: std::time::Duration) -> Result<WriteLock> {
         let p = self.root.join("lock");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
         let deadline = std::time::Instant::now() + wait;
-        loop {
-            match rustix::fs::flock(
-                f.as_fd(),
-                rustix::fs::FlockOperation::NonBlockingLockExclusive,
-            ) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    if std::time::Instant::now() >= deadline {
-                        let holder = std::fs::read_to_string(&p).unwrap_or_default();
-                        let holder = holder.trim();
-                        return Err(Error::Other(format!(
-                            "{}: the repository is locked by another writer ({}); try again when it is done{}",
-                            self.root.display(),
-                            if holder.is_empty() { "unknown" } else { holder },
-                            if wait.is_zero() {
-                                ", or pass --lock-wait SECONDS"
-                            } else {
-                                ""
-                            }
-                        )));
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
-                Err(e) => return Err(Error::io(&p, e.into())),
+        let mut f = loop {
+            if let Some(f) = crate::sys::try_flock(&p, true)? {
+                break f;
             }
-        }
+            if std::time::Instant::now() >= deadline {
+                let holder = std::fs::read_to_string(&p).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(Error::Other(format!(
+                    "{}: the repository is locked by another writer ({}); try again when it is done{}",
+                    self.root.display(),
+                    if holder.is_empty() { "unknown" } else { holder },
+                    if wait.is_zero() {
+                        ", or pass --lock-wait SECONDS"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
         let _ = f.set_len(0);
         let _ = writeln!(
             f,

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hbb")
@@ -464,4 +464,91 @@ impl Drop for LoopMount {
             let _ = Command::new("umount").arg("-l").arg(&self.0).status();
         }
     }
+}
+
+/// A FUSE mount, undone on drop whatever happened (`fusermount3 -u -z`,
+/// then `umount -l`); each test file adds its own ways of making one.
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if !is_mounted(&self.0) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+pub fn unescape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'\\' && i + 3 < s.len() {
+            let d = &s[i + 1..i + 4];
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The topmost mount at `p`, if any: its mountinfo line.
+pub fn mount_line(p: &Path) -> Option<String> {
+    let p = match p.canonicalize() {
+        Ok(c) => c,
+        // A dead FUSE mount cannot be resolved: compare as given.
+        Err(_) => std::path::absolute(p).unwrap(),
+    };
+    let text = fs::read("/proc/self/mountinfo").unwrap();
+    let mut found = None;
+    for line in text.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        if f.len() > 4 && unescape(f[4]) == p.as_os_str().as_bytes() {
+            found = Some(String::from_utf8_lossy(line).into_owned());
+        }
+    }
+    found
+}
+
+/// The filesystem type of the topmost mount at `p`.
+pub fn mount_type(p: &Path) -> Option<String> {
+    let line = mount_line(p)?;
+    let after = line.split(" - ").nth(1)?;
+    after.split(' ').next().map(str::to_string)
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    mount_line(p).is_some()
+}
+
+/// Pids of `hbb SUBCOMMAND` processes (a mount) serving `mp`.
+pub fn mount_daemons(subcommand: &str, mp: &Path) -> Vec<i32> {
+    let want = mp.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"hbb"))
+            && args.get(1) == Some(&subcommand.as_bytes())
+            && args.contains(&want)
+        {
+            out.push(pid);
+        }
+    }
+    out
 }

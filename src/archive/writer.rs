@@ -240,6 +240,8 @@ pub struct ArchiveWriter {
     blocks: Vec<Block>,
     frames: HashMap<[u8; 32], FrameLoc>,
     packs: Option<Packs>,
+    /// Pack mode: the frames this writer stored (hash, block length, where).
+    new_frames: Vec<([u8; 32], u32, FrameLoc)>,
     pub stored_bytes: u64,
     pub zero_blocks: u64,
     pub dup_blocks: u64,
@@ -262,6 +264,7 @@ impl ArchiveWriter {
             blocks: Vec::new(),
             frames: HashMap::new(),
             packs: None,
+            new_frames: Vec::new(),
             stored_bytes: 0,
             zero_blocks: 0,
             dup_blocks: 0,
@@ -378,6 +381,9 @@ impl ArchiveWriter {
                 };
                 self.stored_bytes += frame.len() as u64;
                 self.frames.insert(hash, at);
+                if self.packs.is_some() {
+                    self.new_frames.push((hash, len, at));
+                }
                 self.block_loc(at)
             }
         };
@@ -395,6 +401,11 @@ impl ArchiveWriter {
 
     pub fn take_blocks(&mut self) -> Vec<Block> {
         std::mem::take(&mut self.blocks)
+    }
+
+    /// The frames stored by this writer, as opposed to found already stored.
+    pub fn take_new_frames(&mut self) -> Vec<([u8; 32], u32, FrameLoc)> {
+        std::mem::take(&mut self.new_frames)
     }
 
     /// The external sources the blocks refer to (pack mode), for `Index::sources`.

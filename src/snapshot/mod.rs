@@ -257,10 +257,8 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
     let mut writer = ArchiveWriter::new(sink, o.block_size, archive_id)?;
     let mut ext = Extension::default();
     let mut parent = None;
-    let mut known_before = std::collections::HashSet::new();
     if let Some(rt) = &o.repo {
         let known = rt.known.clone();
-        known_before = known.keys().copied().collect();
         writer = writer.into_packs(crate::repo::pack::PackWriter::new(&rt.root), known);
         ext.snapshot = Some(rt.info.clone());
         parent = rt.parent.as_ref().filter(|p| {
@@ -380,27 +378,13 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         groups,
     };
     let sources = writer.take_sources();
-    let mut new_blocks = Vec::new();
+    let new_blocks = writer.take_new_frames();
     if let Some(si) = &mut ext.snapshot {
         si.parent = parent
             .and_then(|p| p.ext.snapshot.as_ref().map(|s| s.name.clone()))
             .unwrap_or_default();
         si.reused_files = reused.len() as u64;
         si.source_ids = source_ids;
-        let mut seen = std::collections::HashSet::new();
-        for b in &blocks {
-            if let BlockLoc::External {
-                source,
-                offset,
-                clen,
-            } = b.loc
-                && !known_before.contains(&b.hash)
-                && seen.insert(b.hash)
-            {
-                let pack = sources[source as usize].archive_id;
-                new_blocks.push((b.hash, b.len, FrameLoc::Pack { pack, offset, clen }));
-            }
-        }
     }
     let index = Index {
         meta,

@@ -391,6 +391,11 @@ fn deleted_catalog_is_rebuilt_the_same() {
     assert_eq!(list(&repo), before, "rebuilt on open");
     assert_ok(&hbb(&["repo", "rebuild-catalog", "-q", s(&repo)]));
     assert_eq!(list(&repo), before, "rebuilt on demand");
+    // A damaged catalog is set aside and rebuilt, not an error.
+    fs::write(repo.join("catalog.db"), b"not a database at all").unwrap();
+    let _ = fs::remove_file(repo.join("catalog.db-wal"));
+    let _ = fs::remove_file(repo.join("catalog.db-shm"));
+    assert_eq!(list(&repo), before, "rebuilt after damage");
     // A snapshot killed after it got its name, before the catalog heard of
     // it: it is whole, and the next reader lists it.
     fs::write(src.join("plain.txt"), b"changed again").unwrap();

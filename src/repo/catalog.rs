@@ -213,15 +213,38 @@ impl Catalog {
     fn open_as(repo: &Repo, locked: bool) -> Result<Catalog> {
         let path = repo.root.join("catalog.db");
         let existed = path.exists();
-        let db = Connection::open(&path).map_err(|e| db_err(&path, e))?;
-        db.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(|e| db_err(&path, e))?;
-        // FULL: a commit (the `dirty` mark above all, which prune sets
-        // before it deletes packs) is on disk before the call returns, also
-        // across a power cut. The catalog is small and written rarely.
-        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-            .map_err(|e| db_err(&path, e))?;
-        db.execute_batch(SCHEMA).map_err(|e| db_err(&path, e))?;
+        let db = match Catalog::connect(&path) {
+            Ok(db) => db,
+            Err(e) if is_damaged(&e) => {
+                // The catalog is only an index: set the damaged file aside
+                // (under the writers' lock) and build a new one from the
+                // snapshot files.
+                let lock = if locked {
+                    None
+                } else {
+                    Some(repo.lock("hbb (catalog rebuild)", std::time::Duration::from_secs(30))?)
+                };
+                let aside = repo.root.join(format!(
+                    "catalog.db.damaged-{}",
+                    chrono::Local::now().format("%Y%m%dT%H%M%S")
+                ));
+                log::warn!(
+                    "{}: {e}; moved to {} and rebuilt from the snapshots",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(&path, &aside).map_err(|e| Error::io(&path, e))?;
+                for ext in ["-wal", "-shm"] {
+                    let _ = std::fs::remove_file(repo.root.join(format!("catalog.db{ext}")));
+                }
+                let db = Catalog::connect(&path).map_err(|e| db_err(&path, e))?;
+                let mut c = Catalog { db, path };
+                c.rebuild(repo)?;
+                drop(lock);
+                return Ok(c);
+            }
+            Err(e) => return Err(db_err(&path, e)),
+        };
         let mut c = Catalog { db, path };
         let version: Option<i64> = c.get_meta("schema")?.and_then(|v| v.parse().ok());
         let dirty = c.get_meta("dirty")?.is_some();
@@ -259,6 +282,17 @@ impl Catalog {
             .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
             .map_err(|e| db_err(&self.path, e))
+    }
+
+    fn connect(path: &std::path::Path) -> rusqlite::Result<Connection> {
+        let db = Connection::open(path)?;
+        db.busy_timeout(std::time::Duration::from_secs(30))?;
+        // FULL: a commit (the `dirty` mark above all, which prune sets
+        // before it deletes packs) is on disk before the call returns, also
+        // across a power cut. The catalog is small and written rarely.
+        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+        db.execute_batch(SCHEMA)?;
+        Ok(db)
     }
 
     /// Marks the catalog as possibly out of step with the files (prune);
@@ -496,6 +530,12 @@ impl Catalog {
             .collect();
         Ok(v)
     }
+}
+
+/// SQLite's "not a database" and "malformed": a damaged file, not a busy one.
+fn is_damaged(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt))
 }
 
 fn run_of(r: &SnapshotRow) -> Run {

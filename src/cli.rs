@@ -103,6 +103,8 @@ pub enum Cmd {
     Status(StatusArgs),
     /// Every run, newest first (of one job or source path, if given).
     History(HistoryArgs),
+    /// Serve a repository to `hbb` on another host, over ssh's stdin and stdout (run by ssh, like `borg serve`).
+    Serve(ServeArgs),
     /// Print the completion script for SHELL on stdout.
     Completions(CompletionsArgs),
     /// `hbb man DIR`: writes the man pages (hbb.1 and hbb-COMMAND.1) into
@@ -165,6 +167,29 @@ pub struct SnapshotArgs {
     /// The job this snapshot runs for (set by `hbb job run`).
     #[arg(long, hide = true)]
     pub job: Option<String>,
+    /// Into a remote repository: which end compresses. source: this host's
+    /// threads, and only compressed blocks the repository lacks cross the
+    /// network; agent: blocks go raw and the repository's host compresses.
+    #[arg(long, value_enum, default_value = "source")]
+    pub compress_on: CompressOn,
+}
+
+#[derive(
+    clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CompressOn {
+    Source,
+    Agent,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Only this repository may be opened (repeatable); for the command= of
+    /// a key in authorized_keys. Paths are compared after resolving
+    /// symbolic links and `..`.
+    #[arg(long, value_name = "PATH")]
+    pub restrict_to_repository: Vec<PathBuf>,
 }
 
 #[derive(Args, Debug)]

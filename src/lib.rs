@@ -13,6 +13,7 @@ pub mod manpages;
 pub mod master;
 pub mod mount;
 pub mod progress;
+pub mod remote;
 pub mod repo;
 pub mod restore;
 pub mod retention;

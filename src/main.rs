@@ -9,7 +9,6 @@ use std::time::Instant;
 use anyhow::Context;
 use log::{error, info, warn};
 
-use hbb::archive::Archive;
 use hbb::cli::{Cli, Cmd, default_threads, exit};
 use hbb::mount::helper;
 use hbb::{inspect, restore, snapshot, verify};
@@ -59,7 +58,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 quiet,
                 repo: None,
             };
-            let into_repo = hbb::repo::is_repo(&a.archive);
+            let remote = hbb::remote::parse(&a.archive).is_some();
+            let into_repo = hbb::repo::is_repo(&a.archive) || remote;
+            if a.compress_on == hbb::cli::CompressOn::Agent && !remote {
+                anyhow::bail!(
+                    "--compress-on agent is for a repository on another host (ssh://…); here the snapshot's threads compress"
+                );
+            }
             if !into_repo && (a.name.is_some() || !a.tags.is_empty()) {
                 anyhow::bail!(
                     "--name and --tag are for snapshots into a repository, and {} is not one (create it with `hbb repo init`)",
@@ -73,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     tags: a.tags.clone(),
                     job: a.job.clone().unwrap_or_default(),
                     lock_wait: a.lock_wait,
+                    compress_on_agent: a.compress_on == hbb::cli::CompressOn::Agent,
                 };
                 let made = hbb::repo::ops::snapshot_into(opts, rs)
                     .with_context(|| format!("snapshot of {} failed", a.source.display()))?;
@@ -149,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Restore(a) => {
             let opts = restore::Options {
-                archive: hbb::repo::ops::resolve(&a.archive)?,
+                archive: a.archive.clone(),
                 dest: a.dest.clone(),
                 paths: a
                     .paths
@@ -193,15 +199,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
-        Cmd::Verify(a) if hbb::repo::is_repo(&a.archive) => {
+        Cmd::Verify(a) if hbb::repo::handle::is_repo_arg(&a.archive) => {
             // Every snapshot of the repository.
             let threads = a.threads.unwrap_or_else(default_threads).max(1);
-            let repo = hbb::repo::Repo::open(&a.archive)?;
+            let names = hbb::repo::handle::Handle::open(&a.archive)?.names()?;
             let mut all_ok = true;
             let mut reports = Vec::new();
-            for name in repo.snapshot_names()? {
-                let p = repo.snapshot_path(&name);
-                let r = verify::verify(&p, None, threads)
+            for name in names {
+                let mut p = a.archive.clone().into_os_string();
+                p.push(format!("::{name}"));
+                let r = verify::verify(std::path::Path::new(&p), None, threads)
                     .with_context(|| format!("verify of {}::{name} failed", a.archive.display()))?;
                 all_ok &= r.ok;
                 if !a.json {
@@ -231,8 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Verify(a) => {
             let threads = a.threads.unwrap_or_else(default_threads).max(1);
-            let path = hbb::repo::ops::resolve(&a.archive)?;
-            let r = verify::verify(&path, a.source.as_deref(), threads)
+            let r = verify::verify(&a.archive, a.source.as_deref(), threads)
                 .with_context(|| format!("verify of {} failed", a.archive.display()))?;
             if a.json {
                 print_json(&r)?;
@@ -261,8 +267,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if r.ok { exit::OK } else { exit::VERIFY_FAILED })
         }
-        Cmd::Info(a) if hbb::repo::is_repo(&a.archive) => {
-            let i = repo_info(&a.archive)?;
+        Cmd::Info(a) if hbb::repo::handle::is_repo_arg(&a.archive) => {
+            let i = hbb::repo::handle::Handle::open(&a.archive)?.info()?;
             if a.json {
                 print_json(&i)?;
             } else {
@@ -294,7 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Info(a) => {
-            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
+            let ar = hbb::repo::handle::open_archive(&a.archive)?;
             let i = inspect::info(&ar);
             if a.json {
                 print_json(&i)?;
@@ -304,7 +310,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Ls(a) => {
-            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
+            let ar = hbb::repo::handle::open_archive(&a.archive)?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let path = a.path.unwrap_or_default();
             inspect::ls(
@@ -318,15 +324,26 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Cat(a) => {
-            let ar = Archive::open(&hbb::repo::ops::resolve(&a.archive)?)?;
+            let ar = hbb::repo::handle::open_archive(&a.archive)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             inspect::cat(&ar, a.path.as_os_str().as_bytes(), &mut out)?;
             Ok(exit::OK)
         }
         Cmd::Mount(a) => {
+            let (repo, _) = hbb::repo::split_target(&a.archive);
             let target = if hbb::repo::is_repo(&a.archive) {
                 repo_mount_target(&a.archive)?
+            } else if let Some(url) = hbb::remote::parse(&a.archive) {
+                remote_mount_target(&url)?
+            } else if hbb::remote::parse(&repo).is_some() {
+                // Opened by the mount's daemon (its connection's threads
+                // would not survive going to the background).
+                let arg = a.archive.clone();
+                hbb::mount::Target::Lazy {
+                    label: a.archive.clone(),
+                    open: Box::new(move || hbb::repo::handle::open_archive(&arg)),
+                }
             } else {
                 hbb::mount::Target::Archive(hbb::repo::ops::resolve(&a.archive)?)
             };
@@ -360,9 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Repo(r) => repo_cmd(r.cmd),
         Cmd::List(a) => {
-            let repo = hbb::repo::Repo::open(&a.repo)?;
-            let cat = hbb::repo::catalog::Catalog::open(&repo)?;
-            let rows = cat.snapshots()?;
+            let rows = hbb::repo::handle::Handle::open(&a.repo)?.list()?;
             if a.json {
                 print_json(&rows)?;
             } else {
@@ -401,13 +416,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 dry_run: a.dry_run,
                 lock_wait: a.lock_wait,
                 source: a.source.as_ref().map(|s| {
-                    std::path::absolute(s)
-                        .unwrap_or_else(|_| s.clone())
-                        .to_string_lossy()
-                        .into_owned()
+                    (
+                        hbb::sys::hostname(),
+                        std::path::absolute(s)
+                            .unwrap_or_else(|_| s.clone())
+                            .to_string_lossy()
+                            .into_owned(),
+                    )
                 }),
             };
-            let r = hbb::repo::prune::prune(&a.repo, &o)?;
+            let r = hbb::repo::handle::Handle::open(&a.repo)?.prune(&o)?;
             if a.json {
                 print_json(&r)?;
             } else {
@@ -547,6 +565,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        Cmd::Serve(a) => {
+            hbb::remote::server::serve(&hbb::remote::server::Options {
+                restrict: a.restrict_to_repository,
+            })?;
+            Ok(exit::OK)
+        }
         Cmd::Completions(a) => {
             let mut out = std::io::stdout().lock();
             clap_complete::generate(a.shell, &mut hbb::cli::command(), "hbb", &mut out);
@@ -596,46 +620,6 @@ fn human(n: u64) -> String {
     }
 }
 
-#[derive(serde::Serialize)]
-struct RepoInfo {
-    path: String,
-    id: String,
-    created: String,
-    snapshots: u64,
-    sources: u64,
-    data_bytes: u64,
-    stored_bytes: u64,
-    packs: u64,
-    ratio: f64,
-    newest: String,
-}
-
-fn repo_info(path: &std::path::Path) -> anyhow::Result<RepoInfo> {
-    let repo = hbb::repo::Repo::open(path)?;
-    let rows = hbb::repo::catalog::Catalog::open(&repo)?.snapshots()?;
-    let packs = repo.pack_ids()?;
-    let mut stored = 0u64;
-    for id in &packs {
-        let p = repo.root.join(hbb::repo::pack::rel_path(id));
-        stored += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-    }
-    let data: u64 = rows.iter().map(|r| r.size).sum();
-    let sources: std::collections::BTreeSet<_> =
-        rows.iter().map(|r| (&r.host, &r.source)).collect();
-    Ok(RepoInfo {
-        path: repo.root.display().to_string(),
-        id: repo.config.id.clone(),
-        created: repo.config.created.clone(),
-        snapshots: rows.len() as u64,
-        sources: sources.len() as u64,
-        data_bytes: data,
-        stored_bytes: stored,
-        packs: packs.len() as u64,
-        ratio: data as f64 / stored.max(1) as f64,
-        newest: rows.last().map(|r| r.name.clone()).unwrap_or_default(),
-    })
-}
-
 /// Every snapshot of a repository as a directory, opened when first looked into.
 fn repo_mount_target(path: &std::path::Path) -> anyhow::Result<hbb::mount::Target> {
     let repo = hbb::repo::Repo::open(path)?;
@@ -662,16 +646,51 @@ fn repo_mount_target(path: &std::path::Path) -> anyhow::Result<hbb::mount::Targe
     })
 }
 
+/// Every snapshot of a remote repository as a directory. The list is
+/// fetched here; the mount's daemon connects again (after the fork) when a
+/// snapshot is first looked into, one connection for all of them.
+fn remote_mount_target(url: &hbb::remote::Url) -> anyhow::Result<hbb::mount::Target> {
+    use std::sync::{Arc, Mutex};
+    type Shared = Arc<Mutex<Option<Arc<hbb::remote::client::Client>>>>;
+    let rows = {
+        let c = hbb::remote::client::Client::connect(url, false)?;
+        c.list()?
+        // The connection (and its threads) ends here, before the fork.
+    };
+    let conn: Shared = Arc::new(Mutex::new(None));
+    let mut entries = Vec::new();
+    for r in rows {
+        let conn = conn.clone();
+        let url = url.clone();
+        let n = r.name.clone();
+        entries.push(hbb::mount::Entry {
+            name: r.name.into_bytes(),
+            time: std::time::UNIX_EPOCH
+                + std::time::Duration::from_nanos(r.started_ns.max(0) as u64),
+            open: Box::new(move || {
+                let c = {
+                    let mut g = conn.lock().unwrap();
+                    if g.is_none() {
+                        *g = Some(hbb::remote::client::Client::connect(&url, false)?);
+                    }
+                    g.as_ref().unwrap().clone()
+                };
+                c.open_snapshot(&n)
+            }),
+        });
+    }
+    Ok(hbb::mount::Target::Many {
+        label: url.to_string().into(),
+        entries,
+    })
+}
+
 fn repo_cmd(cmd: hbb::cli::RepoCmd) -> anyhow::Result<u8> {
     use hbb::cli::RepoCmd;
     match cmd {
         RepoCmd::Init { repo } => {
-            let r = hbb::repo::Repo::init(&repo)?;
-            info!(
-                "created repository {} (id {})",
-                r.root.display(),
-                r.config.id
-            );
+            let (at, id) = hbb::repo::handle::Handle::init(&repo)?;
+            info!("created repository {at} (id {id})");
         }
         RepoCmd::RebuildCatalog { repo } => {
             let r = hbb::repo::Repo::open(&repo)?;
@@ -688,8 +707,7 @@ fn repo_cmd(cmd: hbb::cli::RepoCmd) -> anyhow::Result<u8> {
             );
         }
         RepoCmd::Export { snapshot, file } => {
-            let src = hbb::repo::ops::resolve(&snapshot)?;
-            let n = hbb::repo::ops::export(&src, &file)
+            let n = hbb::repo::ops::export(&snapshot, &file)
                 .with_context(|| format!("export of {} failed", snapshot.display()))?;
             info!("{} written ({n} bytes of frames)", file.display());
         }

@@ -400,6 +400,7 @@ pub fn run_job(
         tags: job.tags.clone(),
         job: job.name.clone(),
         lock_wait: Duration::from_secs(6 * 3600),
+        compress_on_agent: false,
     };
     let mut row = RunRow::default();
     let code = match crate::repo::ops::snapshot_into(opts, rs) {
@@ -425,9 +426,9 @@ pub fn run_job(
                     policy: job.keep.clone(),
                     dry_run: false,
                     lock_wait: Duration::from_secs(6 * 3600),
-                    source: Some(s.source.clone()),
+                    source: Some((s.host.clone(), s.source.clone())),
                 };
-                match crate::repo::prune::prune(&job.repo, &po) {
+                match crate::repo::handle::Handle::open(&job.repo).and_then(|h| h.prune(&po)) {
                     Ok(r) => {
                         if !r.removed.is_empty() {
                             log::info!(

@@ -50,7 +50,7 @@ pub struct Report {
 }
 
 pub fn restore(o: &Options) -> Result<Report> {
-    let a = Archive::open(&o.archive)?;
+    let a = crate::repo::handle::open_archive(&o.archive)?;
     let volume_target = a.meta().mode == crate::archive::Mode::Volume && o.paths.is_empty() && {
         match std::fs::metadata(&o.dest) {
             Ok(md) => !md.is_dir(),

@@ -456,3 +456,34 @@ pub fn try_flock(path: &Path, exclusive: bool) -> crate::Result<Option<File>> {
         Err(e) => Err(crate::Error::io(path, e.into())),
     }
 }
+
+/// A directory of our own under the temporary directory (mode 0700),
+/// removed with everything in it when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn private_temp_dir(prefix: &str) -> crate::error::Result<TempDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    let id = random_id();
+    let p = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        crate::repo::pack::hex(&id[..6])
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&p)
+        .map_err(|e| crate::error::Error::io(&p, e))?;
+    Ok(TempDir(p))
+}

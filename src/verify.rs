@@ -56,7 +56,7 @@ fn frame_key(a: &Archive, i: usize) -> Option<FrameKey> {
 }
 
 pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Report> {
-    let a = Archive::open(path)?;
+    let a = crate::repo::handle::open_archive(path)?;
     let mut r = Report {
         archive: path.display().to_string(),
         blocks: a.index.blocks.len() as u64,

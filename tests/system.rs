@@ -352,6 +352,7 @@ fn man_pages_completions_and_exit_codes() {
         "daemon",
         "status",
         "history",
+        "serve",
         "completions",
     ];
     let mut want: Vec<String> = subcommands.iter().map(|c| format!("hbb-{c}.1")).collect();

@@ -210,6 +210,9 @@ pub enum Payload {
     /// A block whose hash the writer had already stored when the worker looked.
     Known,
     Frame(Vec<u8>),
+    /// A block to store uncompressed to the sink, which compresses it
+    /// (a remote repository with `--compress-on agent`).
+    Raw(Vec<u8>),
 }
 
 /// Where a stored frame is: in this archive, or in a repository's pack.
@@ -224,13 +227,57 @@ pub enum FrameLoc {
         offset: u64,
         clen: u32,
     },
+    /// Sent to a remote repository, whose answer gives where (see `FrameSink::settle`).
+    Pending {
+        ticket: u32,
+    },
+}
+
+/// Where a repository snapshot's new frames go: a local `PackWriter`, or
+/// a remote repository (`remote::client`), which answers later.
+pub trait FrameSink: Send {
+    /// Stores one block: `data` is its zstd frame, or with `raw` the block
+    /// itself, for the sink to compress. Returns where it went, or
+    /// `FrameLoc::Pending` with the next ticket (0, 1, 2, …).
+    fn store(&mut self, hash: [u8; 32], len: u32, data: &[u8], raw: bool) -> Result<FrameLoc>;
+    /// Waits until everything stored so far is stored; the location of
+    /// each ticket given so far, by ticket.
+    fn settle(&mut self) -> Result<Vec<FrameLoc>>;
+    /// Seals: every frame stored is durable when this returns.
+    fn finish(&mut self) -> Result<()>;
+}
+
+impl FrameSink for PackWriter {
+    fn store(&mut self, hash: [u8; 32], len: u32, data: &[u8], raw: bool) -> Result<FrameLoc> {
+        if raw {
+            return Err(Error::Other(
+                "internal error: an uncompressed block sent to a local pack".into(),
+            ));
+        }
+        let (pack, offset) = self.add(hash, len, data)?;
+        Ok(FrameLoc::Pack {
+            pack,
+            offset,
+            clen: data.len() as u32,
+        })
+    }
+    fn settle(&mut self) -> Result<Vec<FrameLoc>> {
+        Ok(Vec::new())
+    }
+    fn finish(&mut self) -> Result<()> {
+        PackWriter::finish(self).map(|_| ())
+    }
 }
 
 /// Frames go to a repository's packs instead of the archive file.
 struct Packs {
-    writer: PackWriter,
+    writer: Box<dyn FrameSink>,
     sources: Vec<ExternalSource>,
     source_of: HashMap<PackId, u32>,
+    /// Blocks whose location is a ticket still: (block index, ticket).
+    fixups: Vec<(u64, u32)>,
+    /// Tickets of blocks sent uncompressed.
+    raw_tickets: std::collections::HashSet<u32>,
 }
 
 pub struct ArchiveWriter {
@@ -275,7 +322,7 @@ impl ArchiveWriter {
     /// blocks the repository already holds (stored again by reference only).
     pub fn into_packs(
         mut self,
-        packs: PackWriter,
+        packs: Box<dyn FrameSink>,
         known: HashMap<[u8; 32], FrameLoc>,
     ) -> ArchiveWriter {
         self.frames = known;
@@ -283,8 +330,54 @@ impl ArchiveWriter {
             writer: packs,
             sources: Vec::new(),
             source_of: HashMap::new(),
+            fixups: Vec::new(),
+            raw_tickets: Default::default(),
         });
         self
+    }
+
+    /// Waits for the frames sent to a remote repository and puts their
+    /// locations into the block list. Call before `take_blocks`.
+    pub fn settle(&mut self) -> Result<()> {
+        let Some(p) = &mut self.packs else {
+            return Ok(());
+        };
+        let locs = p.writer.settle()?;
+        let fixups = std::mem::take(&mut p.fixups);
+        let real = |at: FrameLoc| -> Result<FrameLoc> {
+            match at {
+                FrameLoc::Pending { ticket } => locs
+                    .get(ticket as usize)
+                    .copied()
+                    .filter(|l| !matches!(l, FrameLoc::Pending { .. }))
+                    .ok_or_else(|| {
+                        Error::Other(format!(
+                            "internal error: no location for stored frame {ticket}"
+                        ))
+                    }),
+                other => Ok(other),
+            }
+        };
+        for (_, _, at) in self.new_frames.iter_mut() {
+            if let FrameLoc::Pending { ticket } = *at {
+                *at = real(*at)?;
+                // Sent raw, its compressed size is known only now.
+                if let FrameLoc::Pack { clen, .. } = at
+                    && p.raw_tickets.remove(&ticket)
+                {
+                    self.stored_bytes += *clen as u64;
+                }
+            }
+        }
+        for at in self.frames.values_mut() {
+            *at = real(*at)?;
+        }
+        for (block, ticket) in fixups {
+            let at = real(FrameLoc::Pending { ticket })?;
+            let loc = self.block_loc(block, at);
+            self.blocks[block as usize].loc = loc;
+        }
+        Ok(())
     }
 
     /// Hashes of the frames already stored (or known to the repository).
@@ -296,8 +389,19 @@ impl ArchiveWriter {
         self.header.block_size
     }
 
-    fn block_loc(&mut self, at: FrameLoc) -> BlockLoc {
+    /// The index entry for block `block` stored at `at` (a pending one is
+    /// noted, and filled in by `settle`).
+    fn block_loc(&mut self, block: u64, at: FrameLoc) -> BlockLoc {
         match at {
+            FrameLoc::Pending { ticket } => {
+                let p = self
+                    .packs
+                    .as_mut()
+                    .expect("pending locations only in pack mode");
+                p.fixups.push((block, ticket));
+                // A placeholder until `settle`: never written as such.
+                BlockLoc::Frame { offset: 0, clen: 0 }
+            }
             FrameLoc::Here { offset, clen } => BlockLoc::Frame { offset, clen },
             FrameLoc::Pack { pack, offset, clen } => {
                 let p = self
@@ -327,7 +431,7 @@ impl ArchiveWriter {
             None => BlockLoc::Zero,
             Some(at) => {
                 self.frames.entry(hash).or_insert(at);
-                self.block_loc(at)
+                self.block_loc(self.blocks.len() as u64, at)
             }
         };
         self.blocks.push(Block { len, hash, loc });
@@ -350,50 +454,62 @@ impl ArchiveWriter {
             });
         }
         debug_assert_eq!(self.blocks.len() as u64, index);
+        let zero = matches!(payload, Payload::Zero);
+        let is_raw = matches!(payload, Payload::Raw(_));
         let loc = match payload {
             Payload::Zero => {
                 self.zero_blocks += 1;
                 BlockLoc::Zero
             }
-            Payload::Known | Payload::Frame(_) if self.frames.contains_key(&hash) => {
+            Payload::Known | Payload::Frame(_) | Payload::Raw(_)
+                if self.frames.contains_key(&hash) =>
+            {
                 self.dup_blocks += 1;
                 let at = self.frames[&hash];
-                self.block_loc(at)
+                self.block_loc(index, at)
             }
             Payload::Known => {
                 return Err(Error::Other(format!(
                     "internal error: block {index} marked known but not stored"
                 )));
             }
-            Payload::Frame(frame) => {
-                let clen = frame.len() as u32;
+            Payload::Frame(data) | Payload::Raw(data) => {
                 let at = match &mut self.packs {
                     Some(p) => {
-                        let (pack, offset) = p.writer.add(hash, len, &frame)?;
-                        FrameLoc::Pack { pack, offset, clen }
+                        let at = p.writer.store(hash, len, &data, is_raw)?;
+                        if let (true, FrameLoc::Pending { ticket }) = (is_raw, at) {
+                            p.raw_tickets.insert(ticket);
+                        }
+                        at
+                    }
+                    None if is_raw => {
+                        return Err(Error::Other(format!(
+                            "internal error: block {index} uncompressed for an archive file"
+                        )));
                     }
                     None => {
                         let offset = self.pos;
-                        self.sink.write_all(&frame).at(self.sink.path())?;
-                        self.pos += frame.len() as u64;
-                        FrameLoc::Here { offset, clen }
+                        self.sink.write_all(&data).at(self.sink.path())?;
+                        self.pos += data.len() as u64;
+                        FrameLoc::Here {
+                            offset,
+                            clen: data.len() as u32,
+                        }
                     }
                 };
-                self.stored_bytes += frame.len() as u64;
+                if !is_raw {
+                    self.stored_bytes += data.len() as u64;
+                }
                 self.frames.insert(hash, at);
                 if self.packs.is_some() {
                     self.new_frames.push((hash, len, at));
                 }
-                self.block_loc(at)
+                self.block_loc(index, at)
             }
         };
         self.blocks.push(Block {
             len,
-            hash: if matches!(loc, BlockLoc::Zero) {
-                [0; 32]
-            } else {
-                hash
-            },
+            hash: if zero { [0; 32] } else { hash },
             loc,
         });
         Ok(())
@@ -421,6 +537,11 @@ impl ArchiveWriter {
     /// before the archive that refers to them gets its name.
     pub fn finish(mut self, index: &Index, ext: &Extension, level: i32) -> Result<()> {
         if let Some(p) = &mut self.packs {
+            if !p.fixups.is_empty() {
+                return Err(Error::Other(
+                    "internal error: the archive finished before its frames were settled".into(),
+                ));
+            }
             p.writer.finish()?;
             crate::repo::fault_point("snapshot-packs-sealed");
         }

@@ -65,6 +65,13 @@ pub enum Target {
     /// Each entry as a directory of the mount's root, by name.
     /// `label` is used as the fsname in mtab (the repository's path).
     Many { label: PathBuf, entries: Vec<Entry> },
+    /// One archive opened by the mount's daemon, after it has gone to the
+    /// background (a remote snapshot: its connection's threads would not
+    /// survive the fork). `label` names it in mtab and messages.
+    Lazy {
+        label: PathBuf,
+        open: Box<dyn FnOnce() -> Result<Archive> + Send>,
+    },
 }
 
 pub struct Options {
@@ -94,6 +101,7 @@ struct Prepared {
 enum Served {
     One(Arc<Archive>),
     Many(Vec<Entry>),
+    Lazy(Box<dyn FnOnce() -> Result<Archive> + Send>),
 }
 
 /// Mounts the target; in the background unless `foreground`, returning
@@ -129,6 +137,9 @@ pub fn mount(opts: Options) -> Result<()> {
             // two of, when it is opened.
             let source = label.clone();
             (Served::Many(entries), label, source, opts.cache_bytes)
+        }
+        Target::Lazy { label, open } => {
+            (Served::Lazy(open), label.clone(), label, opts.cache_bytes)
         }
     };
     let mut config = Config::default();
@@ -502,6 +513,12 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
     let fs = match p.served {
         Served::One(archive) => fs::HbbFs::new(archive, p.cache_bytes, p.threads),
         Served::Many(entries) => fs::HbbFs::many(entries, p.cache_bytes, p.threads),
+        Served::Lazy(open) => {
+            let archive = open()?;
+            // As for an archive opened before: the block being read stays cached.
+            let cache = p.cache_bytes.max(archive.block_size());
+            fs::HbbFs::new(Arc::new(archive), cache, p.threads)
+        }
     }
     .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
     let session = fuser::Session::new(fs, &p.mountpoint, &p.config).map_err(|e| {

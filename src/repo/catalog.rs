@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Repo;
 use super::pack::PackId;
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS blocks (
 ";
 
 /// One snapshot as `hbb list` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SnapshotRow {
     pub name: String,
     pub archive_id: String,
@@ -112,7 +112,7 @@ pub struct SnapshotRow {
 }
 
 /// One attempt to make a snapshot.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Run {
     pub job: String,
     pub host: String,

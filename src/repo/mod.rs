@@ -17,6 +17,7 @@
 //! snapshot file (atomically) before it deletes a pack the old file named.
 
 pub mod catalog;
+pub mod handle;
 pub mod ops;
 pub mod pack;
 pub mod prune;
@@ -86,7 +87,10 @@ pub fn is_repo(path: &Path) -> bool {
 pub fn split_target(s: &Path) -> (PathBuf, Option<String>) {
     use std::os::unix::ffi::OsStrExt;
     let b = s.as_os_str().as_bytes();
-    if let Some(k) = b.windows(2).rposition(|w| w == b"::") {
+    if let Some(k) = b.windows(2).rposition(|w| w == b"::")
+        // Not the "::" of an IPv6 address in ssh://[…]/repo.
+        && !b[k..].contains(&b']')
+    {
         let repo = crate::sys::os(&b[..k]);
         let snap = String::from_utf8_lossy(&b[k + 2..]).into_owned();
         return (PathBuf::from(repo), Some(snap));
@@ -139,6 +143,47 @@ pub fn store_for(path: &Path, a: &Archive) -> Result<Option<Arc<dyn FrameStore>>
         ))));
     }
     Ok(None)
+}
+
+/// `hbb info REPO`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RepoInfo {
+    pub path: String,
+    pub id: String,
+    pub created: String,
+    pub snapshots: u64,
+    pub sources: u64,
+    pub data_bytes: u64,
+    pub stored_bytes: u64,
+    pub packs: u64,
+    pub ratio: f64,
+    pub newest: String,
+}
+
+pub fn info(path: &Path) -> Result<RepoInfo> {
+    let repo = Repo::open(path)?;
+    let rows = catalog::Catalog::open(&repo)?.snapshots()?;
+    let packs = repo.pack_ids()?;
+    let mut stored = 0u64;
+    for id in &packs {
+        let p = repo.root.join(pack::rel_path(id));
+        stored += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+    }
+    let data: u64 = rows.iter().map(|r| r.size).sum();
+    let sources: std::collections::BTreeSet<_> =
+        rows.iter().map(|r| (&r.host, &r.source)).collect();
+    Ok(RepoInfo {
+        path: repo.root.display().to_string(),
+        id: repo.config.id.clone(),
+        created: repo.config.created.clone(),
+        snapshots: rows.len() as u64,
+        sources: sources.len() as u64,
+        data_bytes: data,
+        stored_bytes: stored,
+        packs: packs.len() as u64,
+        ratio: data as f64 / stored.max(1) as f64,
+        newest: rows.last().map(|r| r.name.clone()).unwrap_or_default(),
+    })
 }
 
 impl Repo {

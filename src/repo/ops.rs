@@ -15,6 +15,8 @@ pub struct RepoSnapshot {
     pub tags: Vec<String>,
     pub job: String,
     pub lock_wait: Duration,
+    /// Into a remote repository: the far end compresses (`--compress-on agent`).
+    pub compress_on_agent: bool,
 }
 
 pub struct Made {
@@ -57,51 +59,19 @@ fn now_ns() -> i64 {
 
 /// Makes a snapshot of `o.source` in the repository at `o.archive`.
 pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
+    if let Some(url) = crate::remote::parse(&o.archive) {
+        return snapshot_remote(o, rs, &url);
+    }
     let repo = Repo::open(&o.archive)?;
     let lock = repo.lock("hbb snapshot", rs.lock_wait)?;
     repo.clean_tmp();
-    let mut cat = Catalog::open_locked(&repo, &lock)?;
-    // Sealed packs no snapshot names (an interrupted snapshot's): their
-    // blocks count as stored, so this run does not send them again.
-    let known_packs = cat.packs_known()?;
-    for id in repo.pack_ids()? {
-        if !known_packs.contains(&id) {
-            match pack::read_trailer(&repo.root.join(pack::rel_path(&id))) {
-                Ok((pid, entries)) if pid == id => cat.adopt_pack(&id, &entries)?,
-                Ok(_) => log::warn!("pack {} holds another id; ignored", pack::hex(&id)),
-                Err(e) => log::warn!("{e}; ignored"),
-            }
-        }
-    }
-    let name = match rs.name {
-        Some(n) => n,
-        None => {
-            let mut n = default_name(&o.source);
-            let mut k = 1;
-            while repo.snapshot_path(&n).exists() {
-                k += 1;
-                n = format!("{}.{k}", default_name(&o.source));
-            }
-            n
-        }
-    };
-    if !valid_snapshot_name(&name) {
-        return Err(Error::Other(format!(
-            "snapshot name {name:?}: use letters, digits and ._-:+@ (not first . or -), at most 200 bytes"
-        )));
-    }
+    let mut cat = prepare_write(&repo, &lock)?;
+    let name = pick_name(&rs, &o.source, |n| repo.snapshot_path(n).exists())?;
     if repo.snapshot_path(&name).exists() {
         return Err(Error::Other(format!(
             "{}: a snapshot named {name:?} exists already",
             repo.root.display()
         )));
-    }
-    for t in &rs.tags {
-        if t.is_empty() || t.contains([',', '\n']) {
-            return Err(Error::Other(format!(
-                "tag {t:?}: tags are non-empty and hold no comma or newline"
-            )));
-        }
     }
     let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
     let host = crate::sys::hostname();
@@ -132,6 +102,7 @@ pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
         },
         parent,
         known: cat.known_blocks()?,
+        remote: None,
     });
     match snapshot::snapshot(&o) {
         Ok(outcome) => {
@@ -155,6 +126,119 @@ pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
             Err(e)
         }
     }
+}
+
+/// Opens the catalog of a repository whose writers' lock is held, and
+/// adopts sealed packs no snapshot names (an interrupted snapshot's): their
+/// blocks count as stored, so the next snapshot does not store them again.
+pub fn prepare_write(repo: &Repo, lock: &super::WriteLock) -> Result<Catalog> {
+    let mut cat = Catalog::open_locked(repo, lock)?;
+    let known_packs = cat.packs_known()?;
+    for id in repo.pack_ids()? {
+        if !known_packs.contains(&id) {
+            match pack::read_trailer(&repo.root.join(pack::rel_path(&id))) {
+                Ok((pid, entries)) if pid == id => cat.adopt_pack(&id, &entries)?,
+                Ok(_) => log::warn!("pack {} holds another id; ignored", pack::hex(&id)),
+                Err(e) => log::warn!("{e}; ignored"),
+            }
+        }
+    }
+    Ok(cat)
+}
+
+/// The snapshot's name: the one asked for, or SOURCE-TIME (made unique);
+/// checks it and the tags.
+fn pick_name(rs: &RepoSnapshot, source: &Path, exists: impl Fn(&str) -> bool) -> Result<String> {
+    let name = match &rs.name {
+        Some(n) => n.clone(),
+        None => {
+            let mut n = default_name(source);
+            let mut k = 1;
+            while exists(&n) {
+                k += 1;
+                n = format!("{}.{k}", default_name(source));
+            }
+            n
+        }
+    };
+    if !valid_snapshot_name(&name) {
+        return Err(Error::Other(format!(
+            "snapshot name {name:?}: use letters, digits and ._-:+@ (not first . or -), at most 200 bytes"
+        )));
+    }
+    for t in &rs.tags {
+        if t.is_empty() || t.contains([',', '\n']) {
+            return Err(Error::Other(format!(
+                "tag {t:?}: tags are non-empty and hold no comma or newline"
+            )));
+        }
+    }
+    Ok(name)
+}
+
+/// A snapshot into a repository on another host (`hbb serve` at the far
+/// end): the same as into a local one, with the far end storing what this
+/// end sends, and the snapshot's file written here and sent last.
+fn snapshot_remote(mut o: Options, rs: RepoSnapshot, url: &crate::remote::Url) -> Result<Made> {
+    use crate::remote::client::Client;
+    let client = Client::connect(url, false)?;
+    let host = crate::sys::hostname();
+    client.lock(&format!("hbb snapshot from {host}"), rs.lock_wait)?;
+    let rows = client.list()?;
+    let name = pick_name(&rs, &o.source, |n| rows.iter().any(|r| r.name == n))?;
+    if rows.iter().any(|r| r.name == name) {
+        return Err(Error::Other(format!(
+            "{url}: a snapshot named {name:?} exists already"
+        )));
+    }
+    let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
+    let source_s = source_abs.to_string_lossy().into_owned();
+    let parent = rows
+        .iter()
+        .filter(|r| r.host == host && r.source == source_s)
+        .max_by_key(|r| (r.started_ns, r.name.clone()))
+        .and_then(|r| match client.open_snapshot(&r.name) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::warn!("cannot use snapshot {} as the parent: {e}", r.name);
+                None
+            }
+        });
+    let started = now_ns();
+    // The snapshot's file is made here, then sent.
+    let dir = crate::sys::private_temp_dir("hbb-remote")?;
+    o.archive = dir.path().join(format!("{name}.hbb"));
+    o.repo = Some(RepoTarget {
+        root: PathBuf::new(),
+        info: SnapshotInfo {
+            repo_id: client.repo_id,
+            name: name.clone(),
+            tags: rs.tags.clone(),
+            job: rs.job.clone(),
+            ..Default::default()
+        },
+        parent,
+        known: client.known()?,
+        remote: Some((client.clone(), rs.compress_on_agent)),
+    });
+    let made = snapshot::snapshot(&o).and_then(|outcome| {
+        let bytes = std::fs::read(&o.archive).map_err(|e| Error::io(&o.archive, e))?;
+        let row = client.commit(&name, &bytes)?;
+        Ok(Made { outcome, row })
+    });
+    if let Err(e) = &made {
+        let _ = client.add_run(&Run {
+            job: rs.job,
+            host,
+            source: source_s,
+            started_ns: started,
+            finished_ns: now_ns(),
+            status: "failed".into(),
+            message: e.to_string(),
+            ..Default::default()
+        });
+    }
+    made
 }
 
 /// What an archive argument names: a file, or `REPO::SNAPSHOT`.
@@ -194,7 +278,7 @@ pub fn resolve(arg: &Path) -> Result<PathBuf> {
 /// Writes snapshot `src` as one self-contained archive file at `dest`:
 /// the same blocks, the same index, its frames copied out of the packs.
 pub fn export(src: &Path, dest: &Path) -> Result<u64> {
-    let a = Archive::open(src)?;
+    let a = super::handle::open_archive(src)?;
     let sink = Sink::create(dest)?;
     let mut w = ArchiveWriter::new(sink, a.block_size(), crate::sys::random_id())?;
     let mut dec = new_decompressor();

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::catalog::Catalog;
 use super::pack::{self, PackId, PackWriter};
@@ -29,15 +29,16 @@ use crate::retention::{self, Policy};
 /// A pack whose live frames are less than this share of it is repacked.
 const REPACK_BELOW: f64 = 0.5;
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Options {
     pub policy: Policy,
     pub dry_run: bool,
     pub lock_wait: Duration,
-    /// Only the snapshots of this source path (of this host).
-    pub source: Option<String>,
+    /// Only the snapshots of this source: (host, absolute path).
+    pub source: Option<(String, String)>,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct Decision {
     pub name: String,
     pub host: String,
@@ -47,7 +48,7 @@ pub struct Decision {
     pub reason: String,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Serialize, Deserialize, Default)]
 pub struct Report {
     pub dry_run: bool,
     pub snapshots: Vec<Decision>,
@@ -72,14 +73,13 @@ pub fn prune(root: &Path, o: &Options) -> Result<Report> {
     let lock = repo.lock("hbb prune", o.lock_wait)?;
     repo.clean_tmp();
     let mut cat = Catalog::open_locked(&repo, &lock)?;
-    let host = crate::sys::hostname();
     let rows: Vec<_> = cat
         .snapshots()?
         .into_iter()
         .filter(|r| {
             o.source
                 .as_ref()
-                .is_none_or(|s| *s == r.source && r.host == host)
+                .is_none_or(|(h, s)| *s == r.source && r.host == *h)
         })
         .collect();
     let now = chrono::Utc::now().timestamp();
@@ -305,7 +305,7 @@ fn rewrite(
 ) -> Result<()> {
     let sink = Sink::create(path)?;
     let mut w = ArchiveWriter::new(sink, a.block_size(), a.header.archive_id)?
-        .into_packs(PackWriter::new(root), HashMap::new());
+        .into_packs(Box::new(PackWriter::new(root)), HashMap::new());
     for b in &a.index.blocks {
         let at = match b.loc {
             BlockLoc::Zero => None,

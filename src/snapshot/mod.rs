@@ -55,6 +55,10 @@ pub struct RepoTarget {
     /// The latest complete snapshot of the same source, if any.
     pub parent: Option<Archive>,
     pub known: HashMap<[u8; 32], FrameLoc>,
+    /// A repository on another host: frames go to it through `hbb serve`
+    /// (`root` is then empty); `raw` sends blocks uncompressed for its
+    /// threads to compress (`--compress-on agent`).
+    pub remote: Option<(std::sync::Arc<crate::remote::client::Client>, bool)>,
 }
 
 pub struct Outcome {
@@ -242,6 +246,10 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
     let cfg = pipeline::Config {
         threads: o.threads,
         level: o.level,
+        raw: o
+            .repo
+            .as_ref()
+            .is_some_and(|r| r.remote.as_ref().is_some_and(|(_, raw)| *raw)),
     };
 
     let (mut tree, total) = match &plan {
@@ -259,7 +267,15 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
     let mut parent = None;
     if let Some(rt) = &o.repo {
         let known = rt.known.clone();
-        writer = writer.into_packs(crate::repo::pack::PackWriter::new(&rt.root), known);
+        let frames: Box<dyn crate::archive::writer::FrameSink> = match &rt.remote {
+            Some((client, raw)) => Box::new(crate::remote::client::RemoteSink::new(
+                client.clone(),
+                *raw,
+                o.level,
+            )),
+            None => Box::new(crate::repo::pack::PackWriter::new(&rt.root)),
+        };
+        writer = writer.into_packs(frames, known);
         ext.snapshot = Some(rt.info.clone());
         parent = rt.parent.as_ref().filter(|p| {
             p.block_size() == o.block_size
@@ -340,6 +356,7 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
     }
     progress.finish();
 
+    writer.settle()?;
     let blocks = writer.take_blocks();
     stats.blocks = blocks.len() as u64;
     stats.bytes_stored = writer.stored_bytes;
@@ -414,6 +431,7 @@ fn own_output(o: &Options, root: &Path) -> Vec<String> {
 fn own_output_inner(o: &Options, root: &Path) -> Option<Vec<String>> {
     let root = root.canonicalize().ok()?;
     let (dir, names): (PathBuf, Vec<String>) = match &o.repo {
+        Some(rt) if rt.remote.is_some() => return None,
         Some(rt) => {
             let r = rt.root.canonicalize().ok()?;
             let name = r.file_name()?.to_str()?.to_string();

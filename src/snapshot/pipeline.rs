@@ -28,6 +28,8 @@ use crate::progress::Progress;
 pub struct Config {
     pub threads: usize,
     pub level: i32,
+    /// Hand blocks on uncompressed (a remote repository compresses them).
+    pub raw: bool,
 }
 
 /// Cuts the producer's bytes into blocks of the logical stream.
@@ -148,6 +150,7 @@ struct Done {
 
 fn worker(
     level: i32,
+    raw: bool,
     work: Receiver<(u64, Vec<u8>)>,
     done: Sender<Result<Done>>,
     stored: &RwLock<HashSet<[u8; 32]>>,
@@ -168,6 +171,8 @@ fn worker(
             let hash = *blake3::hash(&buf).as_bytes();
             if stored.read().unwrap().contains(&hash) {
                 Ok((hash, Payload::Known))
+            } else if raw {
+                Ok((hash, Payload::Raw(buf.clone())))
             } else {
                 comp.compress(&buf)
                     .map(|f| (hash, Payload::Frame(f)))
@@ -243,9 +248,10 @@ pub fn run<R: Send>(
             let done_tx = done_tx.clone();
             let stored = &stored;
             let level = cfg.level;
+            let raw = cfg.raw;
             std::thread::Builder::new()
                 .name(format!("hbb-compress-{t}"))
-                .spawn_scoped(s, move || worker(level, work_rx, done_tx, stored))
+                .spawn_scoped(s, move || worker(level, raw, work_rx, done_tx, stored))
                 .expect("spawn compress thread");
         }
         drop(work_rx);
@@ -259,7 +265,7 @@ pub fn run<R: Send>(
                 pending.insert(d.index, d);
                 while let Some(d) = pending.remove(&next) {
                     let len = d.buf.len() as u32;
-                    let stored_frame = matches!(d.payload, Payload::Frame(_));
+                    let stored_frame = matches!(d.payload, Payload::Frame(_) | Payload::Raw(_));
                     writer.push(d.index, len, d.hash, d.payload)?;
                     if stored_frame {
                         stored.write().unwrap().insert(d.hash);

@@ -2,6 +2,7 @@
 //! with `diff -r`, `cmp` and a metadata walk, real ext4 images and loop
 //! devices. Every resource is released in Drop, also when a test fails.
 #![allow(dead_code)]
+pub mod net;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -97,6 +97,8 @@ pub enum Cmd {
     Prune(PruneArgs),
     /// Scheduled backup jobs: add, list, rm, run.
     Job(JobArgs),
+    /// Manager hosts the master runs jobs on, over ssh: add, list, rm.
+    Host(HostArgs),
     /// The scheduler: runs each job when due (see `hbb job`).
     Daemon(DaemonArgs),
     /// Each job's last run, result, next run, size and growth.
@@ -167,6 +169,10 @@ pub struct SnapshotArgs {
     /// The job this snapshot runs for (set by `hbb job run`).
     #[arg(long, hide = true)]
     pub job: Option<String>,
+    /// Stop (as on SIGTERM) when standard input closes: set by a master
+    /// running this snapshot through ssh, so that its end ends the run.
+    #[arg(long, hide = true)]
+    pub stop_with_stdin: bool,
     /// Into a remote repository: which end compresses. source: this host's
     /// threads, and only compressed blocks the repository lacks cross the
     /// network; agent: blocks go raw and the repository's host compresses.
@@ -293,9 +299,14 @@ pub enum JobCmd {
     },
     /// Remove a job (its snapshots and history stay).
     Rm { name: String },
-    /// Run a job now, in the foreground; exits non-zero if it failed or was incomplete.
+    /// Run a job now (or every job of a group of hosts, one after another),
+    /// in the foreground; exits non-zero if one failed or was incomplete.
     Run {
-        name: String,
+        #[arg(required_unless_present = "group", conflicts_with = "group")]
+        name: Option<String>,
+        /// Every job of the hosts in this group.
+        #[arg(long)]
+        group: Option<String>,
         /// The run record the daemon made for this run.
         #[arg(long, hide = true)]
         run_id: Option<i64>,
@@ -337,6 +348,47 @@ pub struct JobAddArgs {
     /// Replace a job of the same name.
     #[arg(long)]
     pub replace: bool,
+    /// Run it on this manager host (see `hbb host add`): --source and
+    /// --repo are then paths on that host (or --repo ssh://… of an agent).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Into a remote repository: which end compresses (see `snapshot --compress-on`).
+    #[arg(long, value_enum, default_value = "source")]
+    pub compress_on: CompressOn,
+}
+
+#[derive(Args, Debug)]
+pub struct HostArgs {
+    #[command(subcommand)]
+    pub cmd: HostCmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Add (or with --replace, change) a manager host, reached with ssh (HBB_RSH).
+    Add {
+        name: String,
+        /// ssh://[user@]host[:port] or [user@]host.
+        url: String,
+        /// Its group, for `status --group`, `job run --group` and the daemon's --group-max-jobs.
+        #[arg(long, default_value = "")]
+        group: String,
+        /// The hbb program on that host.
+        #[arg(long, value_name = "PATH", default_value = "hbb")]
+        hbb: String,
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the hosts (with --check, whether each answers over ssh).
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Run `hbb --version` on each host.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Remove a host (it must have no jobs).
+    Rm { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -348,6 +400,9 @@ pub struct DaemonArgs {
     /// At most this many jobs run at once.
     #[arg(long, default_value_t = 2)]
     pub max_jobs: usize,
+    /// At most this many jobs of one group of hosts run at once (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub group_max_jobs: usize,
     /// A failed run is tried again this many times.
     #[arg(long, default_value_t = 3)]
     pub retries: u32,
@@ -364,6 +419,9 @@ pub struct StatusArgs {
     /// As JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Only the jobs of the hosts in this group.
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 #[derive(Args, Debug)]

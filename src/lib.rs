@@ -7,6 +7,7 @@
 pub mod archive;
 pub mod cli;
 pub mod error;
+pub mod fleet;
 pub mod inspect;
 pub mod logging;
 pub mod manpages;

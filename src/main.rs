@@ -44,6 +44,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.cmd {
         Cmd::Snapshot(a) => {
             let t0 = Instant::now();
+            if a.stop_with_stdin {
+                // The master's ssh session ended: stop as on SIGTERM (the
+                // partial snapshot is removed; nothing is named).
+                std::thread::spawn(|| {
+                    let mut sink = [0u8; 256];
+                    let mut stdin = std::io::stdin();
+                    while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+                    // SAFETY: raise only sends a signal to this process.
+                    unsafe {
+                        libc::raise(libc::SIGTERM);
+                    }
+                });
+            }
             let opts = snapshot::Options {
                 source: a.source.clone(),
                 archive: a.archive.clone(),
@@ -460,6 +473,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Cmd::Job(j) => job_cmd(cli.home.as_deref(), j.cmd, quiet),
+        Cmd::Host(h) => host_cmd(cli.home.as_deref(), h.cmd),
         Cmd::Daemon(a) => {
             let home = hbb::master::home(cli.home.as_deref());
             if !a.foreground {
@@ -469,6 +483,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 &home,
                 &hbb::master::DaemonOptions {
                     max_jobs: a.max_jobs.max(1),
+                    group_max_jobs: a.group_max_jobs,
                     retries: a.retries,
                     retry_delay: a.retry_delay,
                     finish_on_stop: a.finish_on_stop,
@@ -479,22 +494,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Status(a) => {
             let home = hbb::master::home(cli.home.as_deref());
-            let st = hbb::master::status(&home)?;
+            let st = hbb::master::status(&home, a.group.as_deref())?;
             if a.json {
                 print_json(&st)?;
             } else {
                 let mut out = std::io::stdout().lock();
                 writeln!(
                     out,
-                    "{:<2}{:<16} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  SOURCE → REPO",
-                    "", "JOB", "LAST", "LAST RUN", "NEXT RUN", "SIZE", "GROWTH/DAY", "SNAP"
+                    "{:<2}{:<16} {:<12} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  SOURCE → REPO",
+                    "", "JOB", "HOST", "LAST", "LAST RUN", "NEXT RUN", "SIZE", "GROWTH/DAY", "SNAP"
                 )?;
                 for s in &st {
                     writeln!(
                         out,
-                        "{:<2}{:<16} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  {} → {}",
+                        "{:<2}{:<16} {:<12} {:<11} {:<19} {:<19} {:>10} {:>12} {:>4}  {} → {}",
                         if s.attention { "!" } else { "" },
                         s.job,
+                        if s.host.is_empty() {
+                            "-".to_string()
+                        } else if s.group.is_empty() {
+                            s.host.clone()
+                        } else {
+                            format!("{}/{}", s.group, s.host)
+                        },
                         if s.running { "running" } else { &s.last_status },
                         s.last_run,
                         s.next_run,
@@ -725,8 +747,16 @@ fn job_cmd(
     match cmd {
         JobCmd::Add(a) => {
             let m = hbb::master::Master::open(&home)?;
-            let abs =
-                |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+            // A job of this host: paths from here. Of another host: as given,
+            // paths there (checked to be absolute), or an ssh:// repository.
+            let local = a.host.is_none();
+            let abs = |p: &std::path::Path| {
+                if !local || hbb::remote::parse(p).is_some() {
+                    p.to_path_buf()
+                } else {
+                    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+                }
+            };
             let job = hbb::master::Job {
                 name: a.name.clone(),
                 source: abs(&a.source),
@@ -740,6 +770,11 @@ fn job_cmd(
                 one_file_system: a.one_file_system,
                 tags: a.tags.clone(),
                 created_ns: hbb::master::now_ns(),
+                host: a.host.clone().unwrap_or_default(),
+                compress_on: match a.compress_on {
+                    hbb::cli::CompressOn::Source => "source".into(),
+                    hbb::cli::CompressOn::Agent => "agent".into(),
+                },
             };
             m.add_job(&job, a.replace)?;
             let next = hbb::schedule::Schedule::parse(&job.schedule)
@@ -793,21 +828,143 @@ fn job_cmd(
         }
         JobCmd::Run {
             name,
+            group,
             run_id,
             trigger,
         } => {
-            let (code, row) = hbb::master::run_job(&home, &name, run_id, &trigger, quiet)?;
-            match row.status.as_str() {
-                "ok" => info!("job {name}: ok, snapshot {}", row.snapshot),
-                "incomplete" => warn!(
-                    "job {name}: incomplete, snapshot {}: {}",
-                    row.snapshot, row.message
-                ),
-                _ => error!("job {name}: {}: {}", row.status, row.message),
+            let names = match (name, group) {
+                (Some(n), _) => vec![n],
+                (None, Some(g)) => {
+                    let m = hbb::master::Master::open(&home)?;
+                    let hosts = m.hosts()?;
+                    if !hosts.iter().any(|h| h.group == g) {
+                        anyhow::bail!("no host is in group {g:?} (see `hbb host list`)");
+                    }
+                    m.jobs()?
+                        .into_iter()
+                        .filter(|j| m.group_of(j, &hosts) == g)
+                        .map(|j| j.name)
+                        .collect()
+                }
+                (None, None) => anyhow::bail!("name a job, or --group"),
+            };
+            let mut worst = exit::OK;
+            for name in names {
+                let (code, row) = match hbb::master::run_job(&home, &name, run_id, &trigger, quiet)
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        error!("job {name}: {e}");
+                        worst = worst.max(exit::ERROR);
+                        continue;
+                    }
+                };
+                match row.status.as_str() {
+                    "ok" => info!("job {name}: ok, snapshot {}", row.snapshot),
+                    "incomplete" => warn!(
+                        "job {name}: incomplete, snapshot {}: {}",
+                        row.snapshot, row.message
+                    ),
+                    _ => error!("job {name}: {}: {}", row.status, row.message),
+                }
+                worst = worst.max(code);
             }
-            Ok(code)
+            Ok(worst)
         }
     }
+}
+
+fn host_cmd(home: Option<&std::path::Path>, cmd: hbb::cli::HostCmd) -> anyhow::Result<u8> {
+    use hbb::cli::HostCmd;
+    let home = hbb::master::home(home);
+    let m = hbb::master::Master::open(&home)?;
+    match cmd {
+        HostCmd::Add {
+            name,
+            url,
+            group,
+            hbb,
+            replace,
+        } => {
+            let u = hbb::fleet::host_url(&url)?;
+            let url = u.to_string().trim_end_matches('/').to_string();
+            m.add_host(
+                &hbb::fleet::Host {
+                    name: name.clone(),
+                    url: url.clone(),
+                    group,
+                    hbb,
+                    created_ns: hbb::master::now_ns(),
+                },
+                replace,
+            )?;
+            info!("host {name} added: {url}");
+        }
+        HostCmd::List { json, check } => {
+            let hosts = m.hosts()?;
+            let jobs = m.jobs()?;
+            let mut rows = Vec::new();
+            for h in &hosts {
+                let answer = if check {
+                    Some(match hbb::fleet::ssh_command(h, &["--version".into()]) {
+                        Ok(mut c) => match c.stdin(std::process::Stdio::null()).output() {
+                            Ok(o) if o.status.success() => {
+                                String::from_utf8_lossy(&o.stdout).trim().to_string()
+                            }
+                            Ok(o) => format!(
+                                "error: {}",
+                                String::from_utf8_lossy(&o.stderr)
+                                    .trim()
+                                    .replace('\n', " / ")
+                            ),
+                            Err(e) => format!("error: {e}"),
+                        },
+                        Err(e) => format!("error: {e}"),
+                    })
+                } else {
+                    None
+                };
+                let n = jobs.iter().filter(|j| j.host == h.name).count();
+                rows.push((h, n, answer));
+            }
+            if json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(h, n, answer)| {
+                        let mut j = serde_json::to_value(h).unwrap();
+                        j["jobs"] = (*n).into();
+                        if let Some(a) = answer {
+                            j["check"] = a.clone().into();
+                        }
+                        j
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{:<16} {:<12} {:>4}  URL", "HOST", "GROUP", "JOBS")?;
+                for (h, n, answer) in &rows {
+                    writeln!(
+                        out,
+                        "{:<16} {:<12} {:>4}  {}{}",
+                        h.name,
+                        if h.group.is_empty() { "-" } else { &h.group },
+                        n,
+                        h.url,
+                        answer
+                            .as_ref()
+                            .map(|a| format!("  [{a}]"))
+                            .unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+        HostCmd::Rm { name } => {
+            m.rm_host(&name)?;
+            info!("host {name} removed");
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// Goes to the background: forks, starts a new session, logs to HOME/daemon.log.

@@ -41,6 +41,12 @@ pub struct Job {
     pub one_file_system: bool,
     pub tags: Vec<String>,
     pub created_ns: i64,
+    /// The manager host it runs on (`hbb host add`); "" for this host.
+    #[serde(default)]
+    pub host: String,
+    /// Into a remote repository: "source" or "agent" (see `snapshot --compress-on`).
+    #[serde(default)]
+    pub compress_on: String,
 }
 
 /// One run of a job, as `hbb history` shows it.
@@ -68,6 +74,10 @@ pub struct RunRow {
     pub mode: String,
     pub mode_reason: String,
     pub seconds: f64,
+    /// The job's snapshots in its repository after the run, when the run
+    /// counted them (runs on other hosts do).
+    #[serde(skip)]
+    pub snapshots: Option<u64>,
 }
 
 pub fn now_ns() -> i64 {
@@ -127,10 +137,11 @@ CREATE TABLE IF NOT EXISTS runs (
     pid INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_job ON runs (job, started_ns);
+CREATE TABLE IF NOT EXISTS hosts (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
 ";
 
 pub struct Master {
-    db: Connection,
+    pub(crate) db: Connection,
     pub home: PathBuf,
 }
 
@@ -147,6 +158,19 @@ impl Master {
         db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             .map_err(dberr)?;
         db.execute_batch(SCHEMA).map_err(dberr)?;
+        // Added with hosts: how many snapshots a job had after a run.
+        let has: bool = db
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name = 'snapshots'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(dberr)?
+            > 0;
+        if !has {
+            db.execute_batch("ALTER TABLE runs ADD COLUMN snapshots INTEGER NOT NULL DEFAULT -1")
+                .map_err(dberr)?;
+        }
         Ok(Master {
             db,
             home: home.to_path_buf(),
@@ -161,7 +185,27 @@ impl Master {
             )));
         }
         Schedule::parse(&job.schedule).map_err(Error::Other)?;
-        if !crate::repo::is_repo(&job.repo) {
+        if !["", "source", "agent"].contains(&job.compress_on.as_str()) {
+            return Err(Error::Other(format!(
+                "--compress-on {:?}: source or agent",
+                job.compress_on
+            )));
+        }
+        let remote_repo = crate::remote::parse(&job.repo).is_some();
+        if job.compress_on == "agent" && !remote_repo {
+            return Err(Error::Other(
+                "--compress-on agent is for a repository on another host (ssh://…)".into(),
+            ));
+        }
+        if !job.host.is_empty() {
+            // Paths are the manager's: they are checked there, at each run.
+            self.host(&job.host)?;
+            if !job.source.is_absolute() || !(remote_repo || job.repo.is_absolute()) {
+                return Err(Error::Other(
+                    "a job on another host needs an absolute --source and an absolute --repo (or ssh://…), as paths on that host".into(),
+                ));
+            }
+        } else if !remote_repo && !crate::repo::is_repo(&job.repo) {
             return Err(Error::Other(format!(
                 "{}: not an hbb repository (create it with `hbb repo init {}`)",
                 job.repo.display(),
@@ -246,7 +290,7 @@ impl Master {
     pub fn finish_run(&self, id: i64, r: &RunRow) -> Result<()> {
         self.db
             .execute(
-                "UPDATE runs SET finished_ns = ?2, status = ?3, snapshot = ?4, size = ?5, bytes_read = ?6, bytes_stored = ?7, files = ?8, errors = ?9, message = ?10, mode = ?11, mode_reason = ?12 WHERE id = ?1",
+                "UPDATE runs SET finished_ns = ?2, status = ?3, snapshot = ?4, size = ?5, bytes_read = ?6, bytes_stored = ?7, files = ?8, errors = ?9, message = ?10, mode = ?11, mode_reason = ?12, snapshots = ?13 WHERE id = ?1",
                 params![
                     id,
                     now_ns(),
@@ -259,7 +303,8 @@ impl Master {
                     r.errors as i64,
                     r.message,
                     r.mode,
-                    r.mode_reason
+                    r.mode_reason,
+                    r.snapshots.map_or(-1, |n| n as i64)
                 ],
             )
             .map_err(dberr)?;
@@ -282,6 +327,19 @@ impl Master {
         self.db
             .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
             .optional()
+            .map_err(dberr)
+    }
+
+    /// The job's snapshot count its latest run that counted them found.
+    pub fn counted_snapshots(&self, job: &str) -> Result<Option<u64>> {
+        self.db
+            .query_row(
+                "SELECT snapshots FROM runs WHERE job = ?1 AND snapshots >= 0 ORDER BY started_ns DESC LIMIT 1",
+                [job],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|n| n.map(|n| n as u64))
             .map_err(dberr)
     }
 
@@ -319,6 +377,7 @@ impl Master {
                     } else {
                         0.0
                     },
+                    snapshots: None,
                 })
             })
             .map_err(dberr)?;
@@ -374,6 +433,21 @@ pub fn run_job(
         Some(id) => id,
         None => m.start_run(&job, trigger, std::process::id())?,
     };
+    if !job.host.is_empty() {
+        let mut row = RunRow::default();
+        let code = match m.host(&job.host) {
+            Ok(h) => crate::fleet::run_remote(&job, &h, &mut row),
+            Err(e) => {
+                row.status = "failed".into();
+                row.message = e.to_string();
+                1
+            }
+        };
+        m.finish_run(id, &row)?;
+        row.id = id;
+        row.job = job.name;
+        return Ok((code, row));
+    }
     let mode = match job.mode.as_str() {
         "file" => crate::snapshot::ModeChoice::File,
         "volume" => crate::snapshot::ModeChoice::Volume,
@@ -400,7 +474,7 @@ pub fn run_job(
         tags: job.tags.clone(),
         job: job.name.clone(),
         lock_wait: Duration::from_secs(6 * 3600),
-        compress_on_agent: false,
+        compress_on_agent: job.compress_on == "agent",
     };
     let mut row = RunRow::default();
     let code = match crate::repo::ops::snapshot_into(opts, rs) {
@@ -489,6 +563,9 @@ fn end_dead_runs(m: &Master, home: &Path) -> Result<()> {
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
     pub job: String,
+    /// The manager host it runs on ("" for this host) and that host's group.
+    pub host: String,
+    pub group: String,
     pub source: String,
     pub repo: String,
     pub schedule: String,
@@ -513,12 +590,25 @@ pub struct JobStatus {
     pub attention: bool,
 }
 
-pub fn status(home: &Path) -> Result<Vec<JobStatus>> {
+/// Every job's status, or only those of hosts in `group`.
+pub fn status(home: &Path, group: Option<&str>) -> Result<Vec<JobStatus>> {
     let m = Master::open(home)?;
     end_dead_runs(&m, home)?;
     let now = now_ns();
     let mut out = Vec::new();
+    let hosts = m.hosts()?;
+    if let Some(g) = group
+        && !hosts.iter().any(|h| h.group == g)
+    {
+        return Err(Error::Other(format!(
+            "no host is in group {g:?} (see `hbb host list`)"
+        )));
+    }
     for j in m.jobs()? {
+        let jgroup = m.group_of(&j, &hosts);
+        if group.is_some_and(|g| g != jgroup) {
+            continue;
+        }
         let runs = m.runs(Some(&j.name), 10_000)?;
         let runs: Vec<&RunRow> = runs.iter().filter(|r| r.job == j.name).collect();
         let last = runs.first();
@@ -561,13 +651,21 @@ pub fn status(home: &Path) -> Result<Vec<JobStatus>> {
             (None, Some(p)) => now - j.created_ns > 2 * p,
             _ => false,
         };
-        let snapshots = crate::repo::Repo::open(&j.repo)
-            .and_then(|r| crate::repo::catalog::Catalog::open(&r))
-            .and_then(|c| c.snapshots())
-            .map(|v| v.iter().filter(|s| s.job == j.name).count() as u64)
-            .unwrap_or(0);
+        // A repository here is looked into; one elsewhere is not reached
+        // for a status: its count is the one the last run found.
+        let snapshots = if j.host.is_empty() && crate::remote::parse(&j.repo).is_none() {
+            crate::repo::Repo::open(&j.repo)
+                .and_then(|r| crate::repo::catalog::Catalog::open(&r))
+                .and_then(|c| c.snapshots())
+                .map(|v| v.iter().filter(|s| s.job == j.name).count() as u64)
+                .unwrap_or(0)
+        } else {
+            m.counted_snapshots(&j.name)?.unwrap_or(0)
+        };
         out.push(JobStatus {
             job: j.name.clone(),
+            host: j.host.clone(),
+            group: jgroup,
             source: j.source.to_string_lossy().into_owned(),
             repo: j.repo.to_string_lossy().into_owned(),
             schedule: j.schedule.clone(),
@@ -604,6 +702,8 @@ extern "C" fn on_stop(sig: libc::c_int) {
 
 pub struct DaemonOptions {
     pub max_jobs: usize,
+    /// At most this many jobs of one group of hosts at once (0: no limit).
+    pub group_max_jobs: usize,
     pub retries: u32,
     pub retry_delay: Duration,
     pub finish_on_stop: bool,
@@ -742,12 +842,28 @@ pub fn daemon(home: &Path, o: &DaemonOptions) -> Result<()> {
             .filter(|(j, next)| *next <= now && !running.contains_key(&j.name))
             .collect();
         due.sort_by_key(|(_, n)| *n);
+        let hosts = m.hosts()?;
         for (j, _) in due {
             let js = state.get_mut(&j.name).unwrap();
             let sched = Schedule::parse(&j.schedule).map_err(Error::Other)?;
             let trigger = js.trigger;
             if running.len() >= o.max_jobs {
                 continue;
+            }
+            // A group's limit: the job waits (stays due) while its group is full.
+            let group = m.group_of(j, &hosts);
+            if o.group_max_jobs > 0 && !group.is_empty() {
+                let busy = running
+                    .keys()
+                    .filter(|n| {
+                        jobs.iter()
+                            .find(|x| &&x.name == n)
+                            .is_some_and(|x| m.group_of(x, &hosts) == group)
+                    })
+                    .count();
+                if busy >= o.group_max_jobs {
+                    continue;
+                }
             }
             js.next = sched
                 .next_after(local(now))

@@ -352,6 +352,7 @@ fn man_pages_completions_and_exit_codes() {
         "daemon",
         "status",
         "history",
+        "host",
         "serve",
         "completions",
     ];
@@ -911,4 +912,21 @@ fn repository_json_outputs_match_docs() {
     let o = hbb(&["--home", h, "status", "--json"]);
     assert_ok(&o);
     check_json("status", &o.stdout, true);
+    assert_ok(&hbb(&[
+        "--home",
+        h,
+        "host",
+        "add",
+        "web1",
+        "root@web1.invalid",
+        "--group",
+        "web",
+    ]));
+    // `false` as ssh: the check fails, and says so in the JSON.
+    let o = hbb_env(
+        &["--home", h, "host", "list", "--json", "--check"],
+        &[("HBB_RSH", "false")],
+    );
+    assert_ok(&o);
+    check_json("host list", &o.stdout, true);
 }

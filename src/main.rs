@@ -215,14 +215,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Verify(a) if hbb::repo::handle::is_repo_arg(&a.archive) => {
             // Every snapshot of the repository.
             let threads = a.threads.unwrap_or_else(default_threads).max(1);
-            let names = hbb::repo::handle::Handle::open(&a.archive)?.names()?;
+            let repo = hbb::repo::handle::Handle::open(&a.archive)?;
+            let names = repo.names()?;
             let mut all_ok = true;
             let mut reports = Vec::new();
             for name in names {
                 let mut p = a.archive.clone().into_os_string();
                 p.push(format!("::{name}"));
-                let r = verify::verify(std::path::Path::new(&p), None, threads)
-                    .with_context(|| format!("verify of {}::{name} failed", a.archive.display()))?;
+                let r = match verify::verify(std::path::Path::new(&p), None, threads) {
+                    Ok(r) => r,
+                    // Pruned since the list was taken: not an error.
+                    Err(_) if !repo.names()?.contains(&name) => {
+                        info!("{name}: pruned meanwhile; not verified");
+                        continue;
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("verify of {}::{name} failed", a.archive.display())));
+                    }
+                };
                 all_ok &= r.ok;
                 if !a.json {
                     for b in &r.bad_blocks {

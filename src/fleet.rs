@@ -165,11 +165,7 @@ pub fn shell_quote(s: &str) -> String {
 /// `ssh … host 'hbb ARGS…'`, as HBB_RSH says to run ssh.
 pub fn ssh_command(h: &Host, args: &[String]) -> Result<Command> {
     let url = host_url(&h.url)?;
-    let rsh = std::env::var("HBB_RSH").unwrap_or_default();
-    let mut words = crate::remote::split_words(&rsh);
-    if words.is_empty() {
-        words.push("ssh".into());
-    }
+    let words = crate::remote::rsh_words();
     let mut cmd = Command::new(&words[0]);
     cmd.args(&words[1..]);
     if let Some(p) = url.port {

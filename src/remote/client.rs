@@ -72,11 +72,7 @@ fn tail_text(shared: &Shared) -> String {
 impl Client {
     /// Connects to the repository at `url` (creating it with `create`).
     pub fn connect(url: &Url, create: bool) -> Result<Arc<Client>> {
-        let rsh = std::env::var("HBB_RSH").unwrap_or_default();
-        let mut words = super::split_words(&rsh);
-        if words.is_empty() {
-            words.push("ssh".into());
-        }
+        let words = super::rsh_words();
         let remote = std::env::var("HBB_REMOTE_PATH").unwrap_or_else(|_| "hbb".into());
         let mut cmd = Command::new(&words[0]);
         cmd.args(&words[1..]);

@@ -145,6 +145,28 @@ pub fn parse(s: &Path) -> Option<Url> {
     })
 }
 
+/// The ssh command line: `HBB_RSH` split into words, or by default ssh
+/// with keep-alives and a connect timeout, so that a dead link or host
+/// fails a run in about a minute instead of hanging it.
+pub fn rsh_words() -> Vec<String> {
+    let rsh = std::env::var("HBB_RSH").unwrap_or_default();
+    let words = split_words(&rsh);
+    if !words.is_empty() {
+        return words;
+    }
+    [
+        "ssh",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+        "-o",
+        "ConnectTimeout=30",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Splits a command line as a shell would split simple words: at spaces,
 /// with '…' and "…" quoting (for HBB_RSH).
 pub fn split_words(s: &str) -> Vec<String> {

@@ -355,3 +355,87 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
     // Every snapshot in the agent's repository verifies.
     assert_ok(&f.hbb(&["verify", &repo_url]));
 }
+
+/// A run on a manager stopped by the master (SIGTERM to `hbb job run`, as
+/// the daemon's shutdown sends): the snapshot on the manager stops too
+/// (its ssh session's stdin closes), and nothing is named in the repository.
+#[test]
+fn a_stopped_run_stops_on_the_manager_and_names_nothing() {
+    let bin = env!("CARGO_BIN_EXE_hbb");
+    let net = Net::with_env(&["m1", "agent"], &[("HBB_REMOTE_PATH", bin)]);
+    let t = Tmp::new("fleet-stop");
+    let env = vec![
+        ("HBB_RSH".to_string(), net.rsh()),
+        ("HBB_REMOTE_PATH".to_string(), bin.to_string()),
+    ];
+    let f = Fleet { t, net, env };
+    let t = &f.t;
+    let src = t.path("m1-data");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..10 {
+        write_noise(&src.join(format!("f{i}.bin")), 16 << 20, i);
+    }
+    let agent = f.net.host("agent").ip.clone();
+    let repo = t.path("agent-repo");
+    let repo_url = format!("ssh://root@{agent}{}", s(&repo));
+    assert_ok(&f.hbb(&["repo", "init", &repo_url]));
+    let ip1 = f.net.host("m1").ip.clone();
+    assert_ok(&f.hbb(&["host", "add", "m1", &format!("root@{ip1}"), "--hbb", bin]));
+    assert_ok(&f.hbb(&[
+        "job",
+        "add",
+        "big",
+        "--host",
+        "m1",
+        "--source",
+        s(&src),
+        "--repo",
+        &repo_url,
+        "--schedule",
+        "daily",
+    ]));
+    // Slow enough to be stopped in the middle: 160 MiB at 40 Mbit/s.
+    f.net.limit("agent", "40mbit");
+    let home = s(&t.path("master")).to_string();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--home", &home, "job", "run", "big"]);
+    for (k, v) in &f.env {
+        cmd.env(k, v);
+    }
+    let mut run = cmd.spawn().unwrap();
+    let on_m1 = |pat: &str| {
+        Command::new("pgrep")
+            .args(["-f", pat])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let marker = "stop-with-stdin --job big";
+    wait_until("the snapshot running on m1", 30, || on_m1(marker));
+    // Some of it is on its way into the repository.
+    wait_until("data arriving at the agent", 30, || {
+        std::fs::read_dir(repo.join("tmp"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    // SAFETY: kill(2) of our own child.
+    unsafe {
+        libc::kill(run.id() as i32, libc::SIGTERM);
+    }
+    let _ = run.wait();
+    wait_until("the snapshot on m1 gone", 8, || !on_m1(marker));
+    f.net.unlimit("agent");
+    let list = f.json(&["list", "--json", &repo_url]);
+    assert_eq!(list.as_array().unwrap().len(), 0, "nothing named: {list}");
+    let st = f.json(&["status", "--json"]);
+    let j = &st.as_array().unwrap()[0];
+    assert_eq!(j["last_status"], "abandoned", "{j}");
+    // And the next run makes a whole snapshot.
+    assert_ok(&f.hbb(&["job", "run", "big"]));
+    let list = f.json(&["list", "--json", &repo_url]);
+    let name = list[0]["name"].as_str().unwrap().to_string();
+    let dest = t.path("back");
+    assert_ok(&f.hbb(&["restore", &format!("{repo_url}::{name}"), s(&dest)]));
+    diff_r(&src, &dest);
+}

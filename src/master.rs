@@ -518,6 +518,13 @@ pub fn run_job(
                     }
                 }
             }
+            // The count `status` shows for a repository on another host.
+            if crate::remote::parse(&job.repo).is_some()
+                && let Ok(rows) =
+                    crate::repo::handle::Handle::open(&job.repo).and_then(|h| h.list())
+            {
+                row.snapshots = Some(rows.iter().filter(|r| r.job == job.name).count() as u64);
+            }
             if row.status == "ok" { 0 } else { 3 }
         }
         Err(e) => {

@@ -235,6 +235,32 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
     diff_r(&src1, &dest);
     compare_trees(&src1, &dest);
 
+    // A job of the master itself into the agent's repository.
+    let own = t.path("master-data");
+    std::fs::create_dir_all(&own).unwrap();
+    std::fs::write(own.join("etc.conf"), "a = 1\n").unwrap();
+    assert_ok(&f.hbb(&[
+        "job",
+        "add",
+        "own",
+        "--source",
+        s(&own),
+        "--repo",
+        &repo_url,
+        "--schedule",
+        "yearly",
+        "--compress-on",
+        "agent",
+    ]));
+    assert_ok(&f.hbb(&["job", "run", "own"]));
+    let st = f.status_of("own");
+    assert_eq!(
+        (st["last_status"].as_str(), st["snapshots"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{st}"
+    );
+    assert_ok(&f.hbb(&["job", "rm", "own"]));
+
     // The daemon runs both on schedule.
     let home = s(&t.path("master")).to_string();
     let mut cmd = Command::new(bin);

@@ -726,6 +726,12 @@ fn repo_cmd(cmd: hbb::cli::RepoCmd) -> anyhow::Result<u8> {
             info!("created repository {at} (id {id})");
         }
         RepoCmd::RebuildCatalog { repo } => {
+            if hbb::remote::parse(&repo).is_some() {
+                anyhow::bail!(
+                    "{}: rebuild a catalog on the repository's own host (`hbb repo rebuild-catalog PATH` there)",
+                    repo.display()
+                );
+            }
             let r = hbb::repo::Repo::open(&repo)?;
             let _lock = r.lock(
                 "hbb repo rebuild-catalog",

@@ -598,7 +598,10 @@ fn read_files(
         dup_files: 0,
     };
     let bs = sink.block_size();
-    let mut seen: HashMap<(u64, [u8; 32]), Vec<Extent>> = HashMap::new();
+    // Small files read so far, by content hash: where in the stream each
+    // is (one extent from offset 0; the hash implies the size). 40 bytes
+    // a file, not a copy of its extent list.
+    let mut seen: HashMap<[u8; 32], u64> = HashMap::new();
     // An opener thread runs ahead of the reader: it opens the next files
     // and asks the kernel to start reading them (posix_fadvise WILLNEED),
     // so that a cold disk sees many requests at once instead of one file
@@ -689,7 +692,7 @@ fn read_one(
     f: std::fs::File,
     sink: &mut pipeline::BlockSink,
     bs: u64,
-    seen: &mut HashMap<(u64, [u8; 32]), Vec<Extent>>,
+    seen: &mut HashMap<[u8; 32], u64>,
     progress: &Progress,
 ) -> std::io::Result<ReadOne> {
     let md = f.metadata()?;
@@ -741,14 +744,18 @@ fn read_one(
         && read == size
         && let Some(bytes) = sink.pending_since(start)
     {
-        let key = (size, *blake3::hash(bytes).as_bytes());
-        if let Some(prev) = seen.get(&key) {
+        let key = *blake3::hash(bytes).as_bytes();
+        if let Some(&stream) = seen.get(&key) {
             if sink.truncate(start) {
-                extents = prev.clone();
+                extents = vec![Extent {
+                    offset: 0,
+                    stream,
+                    len: size,
+                }];
                 dup = true;
             }
         } else {
-            seen.insert(key, extents.clone());
+            seen.insert(key, extents[0].stream);
         }
     }
     if large {

@@ -129,6 +129,21 @@ impl Client {
                 drop(input);
                 let status = wait_briefly(&mut child);
                 let _ = err_thread.join();
+                // An hbb from before remote repositories: clap refuses `serve`.
+                let no_serve = shared
+                    .tail
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|l| l.contains("unrecognized subcommand"));
+                if no_serve {
+                    return Err(Error::Other(format!(
+                        "{url}: the far end's hbb is older than remote repositories (it has \
+                         no `serve` command){}: upgrade hbb on {}",
+                        tail_text(&shared),
+                        url.host
+                    )));
+                }
                 let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
                     format!(
                         "the connection closed before hbb serve answered{}",

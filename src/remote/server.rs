@@ -340,6 +340,14 @@ impl State {
                 }
                 let asked = PathBuf::from(crate::sys::os(&path));
                 let p = allowed_path(&asked, &self.restrict, create)?;
+                if !create && p.exists() && !p.is_dir() {
+                    // (Repo::open would say "hbb-repo: Not a directory".)
+                    return Err(Error::Other(format!(
+                        "{}: not an hbb repository (a file: over ssh, an archive is a \
+                         snapshot in a repository, REPO::NAME)",
+                        p.display()
+                    )));
+                }
                 let repo = if create {
                     Repo::init(&p)?
                 } else {

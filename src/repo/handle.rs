@@ -28,6 +28,9 @@ pub fn open_archive(arg: &Path) -> Result<Archive> {
     let (repo, snap) = split_target(arg);
     if let Some(url) = crate::remote::parse(&repo) {
         let Some(name) = snap else {
+            // Only a repository is reached over ssh: say so once it is
+            // known to be one (else the far end says what it is).
+            drop(Client::connect(&url, false)?);
             return Err(Error::Other(format!(
                 "{} is a repository: name a snapshot in it as {}::NAME (see `hbb list {}`)",
                 arg.display(),

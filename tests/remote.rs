@@ -1043,6 +1043,30 @@ fn a_hostile_client_gets_nothing_outside_the_repository_it_is_restricted_to() {
     // A raw block that does not match its hash is not stored.
     let m = c.refused(&store(true), b"hello");
     assert!(m.contains("damaged"), "{m}");
+    // Nor a frame: a real zstd frame of other bytes than its hash names,
+    // one that is no frame at all, one of another length. (What one
+    // client stores, every later snapshot deduplicates against.)
+    let frame = zstd::bulk::compress(b"hello", 3).unwrap();
+    for (payload, len) in [(frame.clone(), 5), (b"not zstd".to_vec(), 5), (frame, 4)] {
+        let req = Request::Store {
+            hash: [7; 32],
+            len,
+            raw: false,
+            level: 3,
+        };
+        let m = c.refused(&req, &payload);
+        assert!(m.contains("damaged"), "{m}");
+    }
+    // The same frame under its true hash is stored.
+    let good = Request::Store {
+        hash: *blake3::hash(b"hello").as_bytes(),
+        len: 5,
+        raw: false,
+        level: 3,
+    };
+    let frame = zstd::bulk::compress(b"hello", 3).unwrap();
+    let r = c.call(&good, &frame);
+    assert!(matches!(r.0, Reply::Stored { .. }), "{r:?}");
     c.refused(
         &Request::AddRun {
             run_json: "{not json".into(),

@@ -55,6 +55,8 @@ pub struct Client {
     next: AtomicU32,
     child: Mutex<Option<Child>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Sends Ping every 30 s; stopped (and joined) on drop.
+    keepalive: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
 }
 
 fn tail_text(shared: &Shared) -> String {
@@ -187,6 +189,7 @@ impl Client {
             next: AtomicU32::new(1),
             child: Mutex::new(Some(child)),
             threads: Mutex::new(vec![reader, err_thread]),
+            keepalive: Mutex::new(None),
         };
         use std::os::unix::ffi::OsStrExt;
         let path = Path::new(&url.path).as_os_str().as_bytes().to_vec();
@@ -197,7 +200,26 @@ impl Client {
             }
             (r, _) => return Err(c.unexpected(&r)),
         }
-        Ok(Arc::new(c))
+        let c = Arc::new(c);
+        let (stop_tx, stop_rx) = bounded::<()>(0);
+        let weak = Arc::downgrade(&c);
+        let pinger = std::thread::Builder::new()
+            .name("hbb-remote-ping".into())
+            .spawn(move || {
+                // Until the client is dropped (the sender goes with it).
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stop_rx.recv_timeout(Duration::from_secs(30))
+                {
+                    let Some(c) = weak.upgrade() else { break };
+                    let (tx, _) = bounded(1);
+                    if c.submit(&Request::Ping, &[], tx, 0).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn thread");
+        *c.keepalive.lock().unwrap() = Some((stop_tx, pinger));
+        Ok(c)
     }
 
     fn unexpected(&self, r: &Reply) -> Error {
@@ -423,6 +445,13 @@ fn read_replies(mut out: impl std::io::Read, shared: &Shared) {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        if let Some((stop, pinger)) = self.keepalive.lock().unwrap().take() {
+            drop(stop);
+            // It may be this very thread (its upgrade made the last Arc).
+            if pinger.thread().id() != std::thread::current().id() {
+                let _ = pinger.join();
+            }
+        }
         // Closing its stdin ends `hbb serve`; a far end that does not go
         // (a cut link) is not waited for long.
         drop(self.input.lock().unwrap().take());

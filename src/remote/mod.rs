@@ -109,6 +109,8 @@ pub fn parse(s: &Path) -> Option<Url> {
             }
         };
         // ssh://host/~/x and ssh://host/./x are relative to the login directory.
+        // ssh://host/~ is the login directory itself.
+        let path = if path == "/~" { "/~/." } else { path };
         let path = path
             .strip_prefix("/~/")
             .or_else(|| path.strip_prefix("/./"))
@@ -212,6 +214,7 @@ mod tests {
         assert_eq!(u.host, "host.example");
         assert_eq!(u.port, Some(2222));
         assert_eq!(u.path, "/srv/repo");
+        assert_eq!(p("ssh://h/~").unwrap().path, ".");
         let u = p("ssh://10.0.0.2/~/repo").unwrap();
         assert_eq!((u.user, u.port, u.path.as_str()), (None, None, "repo"));
         let u = p("ssh://[fe80::1]:22/r").unwrap();

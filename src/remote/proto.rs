@@ -23,6 +23,8 @@ pub const VERSION: u8 = 1;
 /// No message is larger (a block is at most 64 MiB, a snapshot's index
 /// file much less than this for any tree hbb can hold).
 pub const MAX_MESSAGE: u32 = 1 << 30;
+/// No header is larger (names, JSON of prune options or a run).
+pub const MAX_HEADER: u32 = 1 << 20;
 
 pub type PackId = [u8; 16];
 
@@ -67,6 +69,9 @@ pub enum Request {
     AddRun { run_json: String },
     /// Prunes (JSON of `prune::Options`; reply: Json, the report).
     Prune { options_json: String },
+    /// Nothing (reply: Done). The client sends one every 30 s, so that a
+    /// server that hears nothing for `server::IDLE` knows it is gone.
+    Ping,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,7 +114,7 @@ pub fn read_greeting(r: &mut impl Read) -> io::Result<u8> {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "the far end did not answer as hbb serve (it sent {:?})",
+                "the other end does not speak hbb's protocol (it sent {:?})",
                 String::from_utf8_lossy(&g)
             ),
         ));
@@ -157,8 +162,8 @@ pub fn read_message<H: for<'de> Deserialize<'de>>(
     r.read_exact(&mut fixed)?;
     let id = u32::from_le_bytes(fixed[..4].try_into().unwrap());
     let hlen = u32::from_le_bytes(fixed[4..].try_into().unwrap());
-    if hlen > len - 8 {
-        return Err(bad(format!("header length {hlen} past the message's end")));
+    if hlen > len - 8 || hlen > MAX_HEADER {
+        return Err(bad(format!("header length {hlen} out of range")));
     }
     let mut h = vec![0u8; hlen as usize];
     r.read_exact(&mut h)?;

@@ -29,8 +29,14 @@ pub struct Options {
     pub restrict: Vec<PathBuf>,
 }
 
-/// A raw block for the pool: (request id, hash, length, level, bytes).
-type RawBlock = (u32, [u8; 32], u32, i32, Vec<u8>);
+/// A block for the pool: (request id, hash, length, level, raw, bytes):
+/// a raw block to check and compress, or a frame to check.
+type RawBlock = (u32, [u8; 32], u32, i32, bool, Vec<u8>);
+
+/// With no request for this long (a client sends Ping every 30 s), the
+/// client is taken for gone: the server exits and its lock goes with it,
+/// even where sshd does not notice a cut link (no ClientAliveInterval).
+const IDLE: Duration = Duration::from_secs(300);
 
 /// A block compressed by the pool: (request id, hash, length, frame or error).
 type Compressed = (u32, [u8; 32], u32, std::result::Result<Vec<u8>, String>);
@@ -152,13 +158,16 @@ pub fn serve(o: &Options) -> Result<()> {
                         st.compressed(d, &resp_tx);
                     }
                 }
-                if let Request::Store { hash, len, raw: true, level } = req {
+                // Every block is checked against its hash before it is
+                // stored (a frame is decompressed for that), on the pool's
+                // threads: what one client stores, others deduplicate against.
+                if let Request::Store { hash, len, raw, level } = req {
                     if st.packs.is_none() {
                         let _ = resp_tx.send((id, Reply::Error("store without the lock".into()), Vec::new()));
                         continue;
                     }
                     st.outstanding += 1;
-                    if work_tx.send((id, hash, len, level, payload)).is_err() {
+                    if work_tx.send((id, hash, len, level, raw, payload)).is_err() {
                         break;
                     }
                     continue;
@@ -175,6 +184,13 @@ pub fn serve(o: &Options) -> Result<()> {
                 let Ok(d) = d else { break };
                 st.compressed(d, &resp_tx);
             }
+            default(IDLE) => {
+                log::warn!(
+                    "serve: no request for {} s: the client is gone; closing (its partial snapshot is not named)",
+                    IDLE.as_secs()
+                );
+                break;
+            }
         }
     }
     // The client went away (or finished): a pack still open is not
@@ -187,12 +203,25 @@ pub fn serve(o: &Options) -> Result<()> {
 
 fn compress_worker(work: Receiver<RawBlock>, done: Sender<Compressed>) {
     let mut comp: Option<(i32, zstd::bulk::Compressor<'static>)> = None;
-    for (id, hash, len, level, raw) in work {
+    let mut dec = crate::archive::reader::new_decompressor();
+    let mut plain = Vec::new();
+    for (id, hash, len, level, is_raw, data) in work {
         let r = (|| {
+            let damaged = || format!("a block of {len} bytes arrived damaged (its hash differs)");
+            if !is_raw {
+                // A frame: it must decompress to the block its hash names.
+                plain.clear();
+                plain.reserve(len as usize);
+                match dec.decompress_to_buffer(&data, &mut plain) {
+                    Ok(n) if n == len as usize && *blake3::hash(&plain).as_bytes() == hash => {
+                        return Ok(data);
+                    }
+                    _ => return Err(damaged()),
+                }
+            }
+            let raw = data;
             if raw.len() != len as usize || *blake3::hash(&raw).as_bytes() != hash {
-                return Err(format!(
-                    "a block of {len} bytes arrived damaged (its hash differs)"
-                ));
+                return Err(damaged());
             }
             if comp.as_ref().is_none_or(|(l, _)| *l != level) {
                 let mut c = zstd::bulk::Compressor::new(level)
@@ -364,6 +393,12 @@ impl State {
                 if self.lock.is_some() {
                     return done;
                 }
+                // It is shown to other writers: one line of plain text.
+                let what: String = what
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .take(200)
+                    .collect();
                 let repo = self.repo()?;
                 let lock = repo.lock(&what, Duration::from_millis(wait_ms))?;
                 repo.clean_tmp();
@@ -427,15 +462,10 @@ impl State {
                 })?;
                 Ok((Reply::Data, buf))
             }
-            Request::Store {
-                hash,
-                len,
-                raw: false,
-                ..
-            } => Ok((self.store_frame(hash, len, &payload)?, Vec::new())),
-            Request::Store { raw: true, .. } => Err(Error::Other(
-                "internal error: raw store in the main loop".into(),
+            Request::Store { .. } => Err(Error::Other(
+                "internal error: a store in the main loop".into(),
             )),
+            Request::Ping => done,
             Request::Seal => {
                 self.locked()?;
                 if let Some(p) = &mut self.packs {

@@ -223,7 +223,12 @@ impl Repo {
         let m = root.join(MARKER);
         let text = match std::fs::read_to_string(&m) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
                 return Err(Error::Other(format!(
                     "{}: not an hbb repository (no {MARKER} file; create one with `hbb repo init`)",
                     root.display()

@@ -50,7 +50,7 @@ import time
 MiB = 1 << 20
 KiB = 1 << 10
 PAGE = 4096
-FIGURES = ["snapshot", "restore", "mount", "sweep", "scale", "incremental"]
+FIGURES = ["snapshot", "restore", "mount", "sweep", "scale", "incremental", "remote"]
 
 
 # --------------------------------------------------------------- helpers
@@ -208,6 +208,16 @@ def gen_small(root, n):
             os.close(fd)
         if (i + 1) % 100_000 == 0:
             say(f"{i + 1} files")
+
+
+def change_one_percent(files, rnd, k):
+    """Appends a line to 1 % of files (picked by rnd), as between two
+    snapshots of the incremental figures; the number changed."""
+    pick = rnd.sample(files, max(1, len(files) // 100))
+    for f in pick:
+        with open(f, "ab") as fh:
+            fh.write(f"\n/* hbb bench change {k} */\n".encode())
+    return len(pick)
 
 
 # --------------------------------------------------------------- mounts
@@ -377,6 +387,248 @@ def lat_summary(cold, cached):
     }
 
 
+# --------------------------------------------------------------- another host
+
+class NetError(RuntimeError):
+    pass
+
+
+def find_tool(name, package):
+    """The absolute path of a tool (PATH, then the sbin dirs a non-login
+    root PATH may lack)."""
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]:
+        p = os.path.join(d, name)
+        if d.startswith("/") and os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    raise NetError(f"`{name}` is missing: apt-get install {package} (scripts/bench.sh installs it)")
+
+
+def shq_sshd(word):
+    """One double-quoted word of sshd_config (it splits lines like a shell)."""
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def parse_rate(rate):
+    """A tc rate (100mbit, 1gbit) in bits per second."""
+    m = re.fullmatch(r"([\d.]+)(bit|kbit|mbit|gbit)?", rate.strip().lower())
+    if not m:
+        raise ValueError(f"bad rate {rate!r}")
+    return int(float(m.group(1)) * {None: 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[m.group(2)])
+
+
+class AgentHost:
+    """Another host on this machine, for the remote figure (the recipe of
+    tests/common/net.rs, in Python): a network namespace `hbbbench-agent`
+    with its own sshd on 10.214.0.2:22, its veth pair ending on a bridge
+    that lives in a namespace of its own (`hbbbench-br`, so that the root
+    namespace's firewall, which br_netfilter may hand bridged frames to,
+    never sees them); the root namespace (the source host, 10.214.0.1)
+    reaches the bridge through the veth `hbbbench0`. `limit(RATE)` puts a
+    token bucket (tc tbf) on both ends of the agent's veth pair, so both
+    directions are limited. Only the network is apart: both hosts share the
+    machine's cores, memory and disk. A context manager: leaving it (also on
+    an error or a signal) kills the sshd and every process in the
+    namespaces and deletes them; entering it first removes what a killed
+    run left."""
+
+    NS = "hbbbench-agent"
+    BR = "hbbbench-br"
+    IF = "hbbbench0"
+    SUBNET = "10.214.0."
+    IP = "10.214.0.2"
+    MASTER_IP = "10.214.0.1"
+    PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    def __init__(self, d, session_env):
+        self.dir = d
+        self.session_env = dict(session_env)
+        self.session_env.setdefault("PATH", self.PATH)
+        self.ipt = find_tool("ip", "iproute2")
+        self.tc = find_tool("tc", "iproute2")
+        self.sshd_bin = find_tool("sshd", "openssh-server")
+        self.ssh_bin = find_tool("ssh", "openssh-client")
+        self.keygen = find_tool("ssh-keygen", "openssh-client")
+        self.config = os.path.join(d, "ssh_config")
+        # The ssh command line, for HBB_RSH, BORG_RSH and restic's sftp.command.
+        self.rsh = f"{self.ssh_bin} -F {self.config}"
+        self.sshd = None
+        self.rate = None
+
+    # ---- plumbing
+    def ip(self, *args, check=True):
+        r = subprocess.run([self.ipt] + list(args), capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise NetError(f"`ip {' '.join(args)}` failed: {r.stderr.strip()}")
+        return r
+
+    def netns_pids(self, ns):
+        r = self.ip("netns", "pids", ns, check=False)
+        return [int(p) for p in r.stdout.split() if p.isdigit()]
+
+    def clean(self):
+        """Removes our namespaces (killing the processes in them first: a
+        namespace lives on while processes are in it) and our interface."""
+        have = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+        for ns in (self.NS, self.BR):
+            if ns not in have:
+                continue
+            for _ in range(50):
+                pids = self.netns_pids(ns)
+                if not pids:
+                    break
+                for p in pids:
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.02)
+            self.ip("netns", "del", ns, check=False)
+        if os.path.exists(f"/sys/class/net/{self.IF}"):
+            self.ip("link", "del", "dev", self.IF, check=False)
+
+    # ---- setup
+    def __enter__(self):
+        for line in open("/etc/shadow"):
+            if line.startswith("root:") and line.split(":")[1].startswith("!"):
+                raise NetError("root's account is locked (\"!\" in /etc/shadow), and sshd with UsePAM no refuses "
+                               "it even with a key: unlock it with `usermod -p '*' root` (scripts/bench.sh does, "
+                               "unless --no-install)")
+        self.clean()
+        routes = self.ip("-4", "-o", "route", "show").stdout
+        if self.SUBNET in routes:
+            raise NetError(f"the subnet {self.SUBNET}0/24 is already routed here:\n{routes}")
+        try:
+            self.make_links()
+            self.make_configs()
+            self.start_sshd()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def make_links(self):
+        br, ns = self.BR, self.NS
+        self.ip("netns", "add", br)
+        self.ip("-n", br, "link", "set", "dev", "lo", "up")
+        self.ip("-n", br, "link", "add", "br0", "type", "bridge", "forward_delay", "0")
+        self.ip("-n", br, "link", "set", "dev", "br0", "up")
+        self.ip("link", "add", self.IF, "type", "veth", "peer", "name", "mport", "netns", br)
+        self.ip("-n", br, "link", "set", "dev", "mport", "master", "br0", "up")
+        self.ip("addr", "add", f"{self.MASTER_IP}/24", "dev", self.IF)
+        self.ip("link", "set", "dev", self.IF, "up")
+        self.ip("netns", "add", ns)
+        self.ip("-n", ns, "link", "set", "dev", "lo", "up")
+        self.ip("-n", br, "link", "add", "h0", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        self.ip("-n", br, "link", "set", "dev", "h0", "master", "br0", "up")
+        self.ip("-n", ns, "addr", "add", f"{self.IP}/24", "dev", "eth0")
+        self.ip("-n", ns, "link", "set", "dev", "eth0", "up")
+
+    def make_configs(self):
+        d = self.dir
+        rm(d)
+        os.makedirs(d)
+        for key in ("id_ed25519", "host_ed25519"):
+            subprocess.run([self.keygen, "-q", "-t", "ed25519", "-N", "", "-C", "hbb-bench", "-f",
+                            os.path.join(d, key)], check=True, capture_output=True)
+        shutil.copy(os.path.join(d, "id_ed25519.pub"), os.path.join(d, "authorized_keys"))
+        with open(self.config, "w") as f:
+            f.write("Host *\n" + "".join(f"\t{line}\n" for line in (
+                "User root", f"IdentityFile {d}/id_ed25519", "IdentitiesOnly yes", "IdentityAgent none",
+                "BatchMode yes", "StrictHostKeyChecking no", "UserKnownHostsFile /dev/null",
+                "GlobalKnownHostsFile /dev/null", "CheckHostIP no", "LogLevel ERROR", "ConnectTimeout 10",
+                "ConnectionAttempts 1", "ServerAliveInterval 10", "ServerAliveCountMax 6",
+                "ControlMaster no", "ControlPath none", "ForwardAgent no", "ForwardX11 no",
+                "AddressFamily inet")))
+        setenv = " ".join(shq_sshd(f"{k}={v}") for k, v in self.session_env.items())
+        with open(os.path.join(d, "sshd.conf"), "w") as f:
+            f.write("".join(f"{line}\n" for line in (
+                f"ListenAddress {self.IP}:22", f"HostKey {d}/host_ed25519", f"PidFile {d}/sshd.pid",
+                f"AuthorizedKeysFile {d}/authorized_keys", "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                "UsePAM no", "StrictModes no", "UseDNS no", "X11Forwarding no", "AllowAgentForwarding no",
+                "PrintMotd no", "PrintLastLog no", "MaxStartups 100:30:200", "MaxSessions 100",
+                "ClientAliveInterval 10", "ClientAliveCountMax 6", "LogLevel VERBOSE",
+                "Subsystem sftp internal-sftp", f"SetEnv {setenv}")))
+
+    def start_sshd(self):
+        # Privilege separation chroots into /run/sshd: it must exist (root's, 0755).
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        conf = os.path.join(self.dir, "sshd.conf")
+        t = subprocess.run([self.sshd_bin, "-t", "-f", conf], capture_output=True, text=True)
+        if t.returncode != 0:
+            raise NetError(f"sshd rejects {conf}: {t.stderr.strip()}")
+        # -D: sshd itself is the child (ip netns exec execs it); -E: its log.
+        self.sshd = subprocess.Popen([self.ipt, "netns", "exec", self.NS, self.sshd_bin, "-D", "-f", conf,
+                                      "-E", os.path.join(self.dir, "sshd.log")],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.monotonic()
+        last = ""
+        while True:
+            if self.sshd.poll() is not None:
+                raise NetError(f"the agent's sshd exited ({self.sshd.returncode}); its log: "
+                               f"{open(os.path.join(self.dir, 'sshd.log')).read().strip()}")
+            r = subprocess.run(self.ssh(["true"]), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if r.returncode == 0:
+                break
+            last = r.stderr.strip()
+            if time.monotonic() - t0 > 20:
+                raise NetError(f"the agent's sshd ({self.IP}) took no login within 20 s; ssh said: {last}")
+            time.sleep(0.05)
+
+    def ssh(self, remote_cmd):
+        return [self.ssh_bin, "-F", self.config, f"root@{self.IP}"] + remote_cmd
+
+    # ---- the link
+    def limit(self, rate):
+        """tbf at `rate` (a tc rate: 100mbit, 1gbit) on both ends of the
+        agent's veth pair, or none (rate None): burst 10 ms at the rate, at
+        least 128 KiB so that a 64 KiB GSO packet fits whole."""
+        self.rate = rate
+        for ns, dev in ((self.BR, "h0"), (self.NS, "eth0")):
+            if rate is None:
+                subprocess.run([self.tc, "-n", ns, "qdisc", "del", "dev", dev, "root"], capture_output=True)
+                continue
+            burst = max(parse_rate(rate) // 8 // 100, 128 * KiB)
+            r = subprocess.run([self.tc, "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate,
+                                "burst", str(burst), "latency", "100ms"], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise NetError(f"tc tbf {rate} on {ns}/{dev}: {r.stderr.strip()}")
+
+    def counters(self):
+        """Bytes the source's veth sent (to the agent) and received."""
+        def rd(k):
+            with open(f"/sys/class/net/{self.IF}/statistics/{k}") as f:
+                return int(f.read())
+        return rd("tx_bytes"), rd("rx_bytes")
+
+    def settle(self, timeout=60):
+        """Waits until the sessions of the last command have ended on the
+        agent (only the sshd listener left in its namespace)."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if set(self.netns_pids(self.NS)) <= {self.sshd.pid}:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def cpu(self):
+        """CPU seconds spent on the agent: the sshd listener's own and its
+        reaped descendants' (every session, and what ran in it: hbb serve,
+        borg serve, the sftp server), from /proc/PID/stat (utime, stime,
+        cutime, cstime). Read after `settle`, when those have been reaped."""
+        with open(f"/proc/{self.sshd.pid}/stat") as f:
+            s = f.read()
+        fields = s[s.rfind(")") + 2:].split()
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc):
+        if self.sshd is not None:
+            self.sshd.kill()
+            self.sshd.wait()
+        self.clean()
+        return False
+
+
 # --------------------------------------------------------------- the bench
 
 class Bench:
@@ -464,23 +716,36 @@ class Bench:
         with open(self.logfile, "a") as f:
             f.write(text)
 
-    def run(self, cmd, cwd=None, check=True):
+    def run(self, cmd, cwd=None, check=True, env=None):
         """An untimed command."""
         self.log(f"\n$ {shlex.join(cmd)}\n")
         with open(self.logfile, "a") as log:
-            r = subprocess.run(cmd, cwd=cwd, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            r = subprocess.run(cmd, cwd=cwd, env=env or self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         if check and r.returncode != 0:
             raise RuntimeError(f"{shlex.join(cmd)} failed with {r.returncode} (see {self.logfile})")
         return r.returncode
 
-    def measure(self, cmd, cwd=None, ok=(0,)):
-        """One timed run: wall (monotonic), user, sys, peak RSS (/usr/bin/time)."""
+    def measure(self, cmd, cwd=None, ok=(0,), env=None, timeout=None):
+        """One timed run: wall (monotonic), user, sys, peak RSS (/usr/bin/time).
+        With a timeout, a command still running then is killed (its whole
+        process group) and the run fails."""
         tf = os.path.join(self.tmp, "time.out")
         full = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", tf, "--"] + cmd
         self.log(f"\n$ {shlex.join(cmd)}\n")
         with open(self.logfile, "a") as log:
             t0 = time.monotonic()
-            r = subprocess.run(full, cwd=cwd, env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            if timeout is None:
+                r = subprocess.run(full, cwd=cwd, env=env or self.env, stdout=log, stderr=log,
+                                   stdin=subprocess.DEVNULL)
+            else:
+                r = subprocess.Popen(full, cwd=cwd, env=env or self.env, stdout=log, stderr=log,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                try:
+                    r.wait(timeout=timeout)
+                except BaseException:
+                    os.killpg(r.pid, signal.SIGKILL)
+                    r.wait()
+                    raise
             wall = time.monotonic() - t0
         if r.returncode not in ok:
             raise RuntimeError(f"{shlex.join(cmd)} failed with {r.returncode} (see {self.logfile})")
@@ -977,11 +1242,9 @@ class Bench:
 
     # ================================================================ incremental
 
-    def fig_incremental(self):
-        """Figure 6: a second snapshot of K after 1% of its files changed, by
-        hbb into a repository, borg and restic (time, bytes added); then each
-        repository grown to 30 snapshots and mounted whole (time, memory)."""
-        work = os.path.join(self.work, "inc")
+    def changeable_copy(self, work):
+        """A fresh copy of K under work (emptied first), to change files in:
+        the copy's path and the sorted list of its regular files."""
         rm(work)
         os.makedirs(work)
         tree = os.path.join(work, os.path.basename(self.K.rstrip("/")))
@@ -993,14 +1256,18 @@ class Bench:
                 if os.path.isfile(p) and not os.path.islink(p):
                     files.append(p)
         files.sort()
+        return tree, files
+
+    def fig_incremental(self):
+        """Figure 6: a second snapshot of K after 1% of its files changed, by
+        hbb into a repository, borg and restic (time, bytes added); then each
+        repository grown to 30 snapshots and mounted whole (time, memory)."""
+        work = os.path.join(self.work, "inc")
+        tree, files = self.changeable_copy(work)
         rnd = random.Random(6)
 
         def touch(k):
-            pick = rnd.sample(files, max(1, len(files) // 100))
-            for f in pick:
-                with open(f, "ab") as fh:
-                    fh.write(f"\n/* hbb bench change {k} */\n".encode())
-            return len(pick)
+            return change_one_percent(files, rnd, k)
 
         tools = ["hbb", "borg", "restic"]
         repos = {t: os.path.join(work, f"repo-{t}") for t in tools}
@@ -1074,6 +1341,115 @@ class Bench:
         self.save("incremental", res)
         rm(work)
 
+    # ================================================================ remote
+
+    REMOTE_TOOLS = ["hbb source", "hbb agent", "borg", "restic"]
+    REMOTE_LINKS = [None, "1gbit", "100mbit"]   # None: no limit
+
+    def fig_remote(self):
+        """Figure 7: a snapshot of K into a repository on another host, over
+        ssh (an sshd in a network namespace, reached over a veth pair and a
+        bridge), at three link speeds, by hbb (compressing on the source or
+        on the agent), borg (borg serve) and restic (sftp); then, at the
+        slowest link, a second snapshot after 1 % of the files changed.
+        Wall time, bytes over the link both ways, CPU on each end."""
+        work = os.path.join(self.work, "remote")
+        tree, files = self.changeable_copy(os.path.join(work, "src"))
+        repos = os.path.join(work, "repos")     # the agent's disk (only the network is apart)
+        kb, ke = tree_bytes(tree)
+        res = {"files": len(files), "bytes": kb, "entries": ke, "links": {}, "second": {},
+               "ssh": out_of(["ssh", "-V"]), "threads": self.threads}
+        hbb = os.path.abspath(self.hbb)
+        # The agent's sessions: borg serve keeps its own files here, not in ~root.
+        agent_env = {"BORG_BASE_DIR": os.path.join(work, "agent-borg-base"), "LC_ALL": "C"}
+        try:
+            with AgentHost(os.path.join(work, "ssh"), agent_env) as agent:
+                env = dict(self.env, HBB_RSH=agent.rsh, HBB_REMOTE_PATH=hbb, BORG_RSH=agent.rsh)
+                sftp = ["-o", f"sftp.command={agent.rsh} root@{agent.IP} -s sftp"]
+                host = f"root@{agent.IP}"
+
+                def repo(tool):
+                    d = os.path.join(repos, tool.replace(" ", "-"))
+                    return d, (f"sftp:{host}:{d}" if tool == "restic" else f"ssh://{host}{d}")
+
+                def init(tool):
+                    d, url = repo(tool)
+                    rm(d)
+                    if tool.startswith("hbb"):
+                        self.run([hbb, "repo", "init", "--quiet", url], env=env)
+                    elif tool == "borg":
+                        rm(self.env["BORG_BASE_DIR"])
+                        rm(agent_env["BORG_BASE_DIR"])
+                        self.run(["borg", "init", "-e", "none", url], env=env)
+                    else:
+                        rm(self.env["RESTIC_CACHE_DIR"])
+                        self.run(["restic", "-r", url] + sftp + ["init", "--repository-version", "2"], env=env)
+
+                def snap(tool, name):
+                    d, url = repo(tool)
+                    if tool.startswith("hbb"):
+                        return [hbb, "snapshot", tree, url, "--level", "3", "--quiet", "--name", name,
+                                "--compress-on", tool.split()[1]], None
+                    if tool == "borg":
+                        return ["borg", "create", "--compression", "zstd,3", f"{url}::{name}", "."], tree
+                    return ["restic", "-r", url] + sftp + ["--compression", "auto", "backup", "-q", tree], None
+
+                def measured(tool, name):
+                    cmd, cwd = snap(tool, name)
+                    if not agent.settle():
+                        say("  (warning: sessions of the previous command still run on the agent)")
+                    self.warm(tree)
+                    c0, a0 = agent.counters(), agent.cpu()
+                    try:
+                        r = self.measure(cmd, cwd=cwd, env=env, timeout=900)
+                    except subprocess.TimeoutExpired:
+                        raise RuntimeError(f"{shlex.join(cmd)} still running after 900 s: killed (see {self.logfile})")
+                    settled = agent.settle()
+                    c1, a1 = agent.counters(), agent.cpu()
+                    r.update({"tx": c1[0] - c0[0], "rx": c1[1] - c0[1], "agent_cpu": a1 - a0,
+                              "agent_settled": settled, "repo_bytes": path_bytes(repo(tool)[0])})
+                    return r
+
+                for link in self.REMOTE_LINKS:
+                    label = link or "unlimited"
+                    agent.limit(link)
+                    res["links"][label] = {}
+                    res.setdefault("ssh_alone", {})[label] = self.ssh_alone(agent, 100 if link == "100mbit" else 400)
+                    say(f"link {label}: ssh alone carries {res['ssh_alone'][label] / 1e6:.0f} MB/s")
+                    for tool in self.REMOTE_TOOLS:
+                        say(f"link {label}: first snapshot, {tool}")
+                        init(tool)
+                        r = measured(tool, "first")
+                        res["links"][label][tool] = r
+                        say(f"  {r['wall']:.2f} s; sent {r['tx'] / 1e6:.1f} MB, received {r['rx'] / 1e6:.1f} MB; "
+                            f"CPU here {r['user'] + r['sys']:.1f} s, on the agent {r['agent_cpu']:.1f} s; "
+                            f"repository {r['repo_bytes'] / 1e6:.1f} MB")
+                        if link != self.REMOTE_LINKS[-1]:
+                            rm(repo(tool)[0])
+                label = self.REMOTE_LINKS[-1] or "unlimited"
+                res["second_link"] = label
+                res["changed"] = change_one_percent(files, random.Random(7), 2)
+                for tool in self.REMOTE_TOOLS:
+                    say(f"link {label}: second snapshot, {res['changed']} files changed: {tool}")
+                    before = path_bytes(repo(tool)[0])
+                    r = measured(tool, "second")
+                    r["added"] = r["repo_bytes"] - before
+                    res["second"][tool] = r
+                    say(f"  {r['wall']:.2f} s; sent {r['tx'] / 1e6:.2f} MB, received {r['rx'] / 1e6:.2f} MB; "
+                        f"{r['added'] / 1e6:.2f} MB added")
+        finally:
+            rm(work)
+        self.save("remote", res)
+
+    def ssh_alone(self, agent, mib_count):
+        """Bytes per second ssh alone carries to the agent over the link as
+        it is: `head -c N /dev/zero | ssh AGENT 'cat >/dev/null'`."""
+        agent.settle()
+        sh = f'head -c {mib_count}M /dev/zero | {agent.rsh} root@{agent.IP} "cat >/dev/null"'
+        t0 = time.monotonic()
+        self.run(["bash", "-c", sh])
+        return mib_count * MiB / (time.monotonic() - t0)
+
     # ================================================================ meta
 
     def meta(self):
@@ -1116,6 +1492,8 @@ class Bench:
                 "e2fsprogs": pkg("e2fsprogs"),
                 "python3": v(["/usr/bin/python3", "--version"]),
                 "gnuplot": v(["gnuplot", "--version"]),
+                "openssh (client, server)": pkg("openssh-client") + ", " + pkg("openssh-server"),
+                "iproute2 (ip, tc)": pkg("iproute2"),
             },
         }
 
@@ -1136,7 +1514,7 @@ def load_results(results):
 def when(fig):
     """'(date, N rep., took M min)' for a figure's heading."""
     bits = [fig["when"].replace("T", " ")]
-    if "reps" in fig and fig.get("figure") != "mount":
+    if "reps" in fig and fig.get("figure") not in ("mount", "remote"):
         bits.append(f"{fig['reps']} rep.")
     if "seconds" in fig:
         bits.append(f"took {fig['seconds'] / 60:.1f} min")
@@ -1407,6 +1785,10 @@ def render(results_dir, out, mode):
               f"{x['repo_bytes'] / 1e6:.0f} |")
         w("")
 
+    rem = R.get("remote")
+    if rem:
+        render_remote(rem, w)
+
     w("## Plots")
     w("")
     for png, cap in (("bench-tools.png", "Tools side by side (K)"), ("bench-latency.png", "Random 4 KiB reads (L)"),
@@ -1416,6 +1798,78 @@ def render(results_dir, out, mode):
             w("")
     with open(os.path.join(out, "BENCHMARKS.md"), "w") as f:
         f.write("\n".join(L))
+
+
+def render_remote(rem, w):
+    d = rem["data"]
+    w(f"## 7. Remote: snapshot of K to another host over ssh  {when(rem)}")
+    w("")
+    ssh = d.get("ssh", "").split(",")[0]
+    w(f"A copy of K ({d['files']} files, {d['bytes'] / 1e6:.0f} MB) snapshotted from this host (the root network "
+      f"namespace) into a fresh repository on *agent*: a network namespace with its own sshd ({ssh}), reached over "
+      f"a veth pair and a bridge. *1gbit*, *100mbit*: a token bucket (`tc tbf`, burst 10 ms at the rate) on both "
+      f"ends of the agent's veth pair; *unlimited*: none. Every tool goes through the same ssh config "
+      f"(OpenSSH's default cipher, chacha20-poly1305):")
+    w("")
+    w("- hbb source: `hbb snapshot K ssh://root@AGENT/…/repo --level 3 --compress-on source` "
+      "(`HBB_RSH` = that ssh, `HBB_REMOTE_PATH` = the same binary, `hbb serve` on the agent; default block size "
+      f"and threads, {d.get('threads', 2)}); hbb agent: the same with `--compress-on agent`;")
+    w("- borg: `borg create --compression zstd,3 ssh://root@AGENT/…/borgrepo::first .` (`BORG_RSH` = that ssh, "
+      "`borg serve` on the agent; repo `borg init -e none`);")
+    w("- restic: `restic -r sftp:root@AGENT:/…/resticrepo -o sftp.command='ssh … root@AGENT -s sftp' "
+      "--compression auto backup K` (repo v2, encrypted; the agent's sshd serves sftp itself, `internal-sftp`).")
+    w("")
+    w("Page cache warm (the tree read once before each snapshot). One run of each (each run changes its "
+      "repository), so this machine's noise is not averaged out: read the ratios, not the last digit. "
+      "*sent*, *received*: the source's veth byte counters (`/sys/class/net/…/statistics`) before and after "
+      "(Ethernet frames: ssh, TCP and IP included). *link use*: the busier direction's bits per second over the "
+      "limit. *CPU here*: user+sys of the snapshot command and its children (ssh included); *CPU agent*: of the "
+      "agent's sshd and all its sessions ran (`hbb serve`, `borg serve`, the sftp server). Only the network is "
+      "apart: both hosts share this machine's cores, so `--compress-on agent` moves the compressing but adds no "
+      "core, and the repositories are on the same disk.")
+    w("")
+    alone = d.get("ssh_alone")
+    if alone:
+        w("What ssh alone carries over each link (`head -c 400M /dev/zero | ssh AGENT 'cat >/dev/null'`, 100M at "
+          "100mbit): " + ", ".join(f"{k} {v / 1e6:.0f} MB/s" for k, v in alone.items()) + ".")
+        w("")
+    w("| link | tool | wall s | × hbb source | MB/s of K | sent MB | received MB | link use | repository MB | ratio | "
+      "CPU here s | CPU agent s |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for label, tools in d["links"].items():
+        rate = None if label == "unlimited" else parse_rate(label)
+        base = tools.get("hbb source", {}).get("wall")
+        for tool, r in tools.items():
+            use = f"{max(r['tx'], r['rx']) * 8 / r['wall'] / rate * 100:.0f}%" if rate else "–"
+            w(f"| {label} | {tool} | {fmt_s(r['wall'])} | {times(r['wall'], base)} | {d['bytes'] / r['wall'] / 1e6:.0f} | "
+              f"{mb(r['tx'])} | {mb(r['rx'])} | {use} | {mb(r['repo_bytes'])} | {d['bytes'] / r['repo_bytes']:.3f} | "
+              f"{r['user'] + r['sys']:.1f} | {r['agent_cpu']:.1f} |")
+    w("")
+    cmp = []
+    for label, tools in d["links"].items():
+        hs, ha = tools.get("hbb source"), tools.get("hbb agent")
+        if hs and ha:
+            faster = "source" if hs["wall"] <= ha["wall"] else "agent"
+            x = max(hs["wall"], ha["wall"]) / min(hs["wall"], ha["wall"])
+            cmp.append(f"{label}: `--compress-on {faster}` {x:.2f}× faster")
+    if cmp:
+        first = next(iter(d["links"].values()))
+        hs, ha = first.get("hbb source"), first.get("hbb agent")
+        sent = f" (the agent placement sends {ha['tx'] / hs['tx']:.1f}× the bytes: blocks go raw)" if hs and ha else ""
+        w("Which end compresses, hbb against itself: " + "; ".join(cmp) + sent + ".")
+        w("")
+    if d.get("second"):
+        label = d.get("second_link", "100mbit")
+        w(f"Then, at {label}, {d['changed']} files (1 %) get a line appended (as in figure 6) and each tool takes a "
+          f"second snapshot into the repository of its first.")
+        w("")
+        w("| tool | second s | × hbb source | sent MB | received MB | bytes added MB | CPU here s | CPU agent s |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+        base = d["second"].get("hbb source", {}).get("wall")
+        for tool, r in d["second"].items():
+            w(f"| {tool} | {fmt_s(r['wall'])} | {times(r['wall'], base)} | {r['tx'] / 1e6:.2f} | {r['rx'] / 1e6:.2f} | "
+              f"{r['added'] / 1e6:.2f} | {r['user'] + r['sys']:.1f} | {r['agent_cpu']:.1f} |")
+        w("")
 
 
 def targets(R, w):

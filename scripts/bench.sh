@@ -6,13 +6,13 @@
 #   scripts/bench.sh                  # everything: ~35 min on 2 cores; writes docs/BENCHMARKS.md + docs/bench-*.png
 #   scripts/bench.sh --quick          # small corpora, few points, one repetition: ~2.5 min, to check
 #                                     # that the script works; writes into CACHE/quick/, not docs/
-#   scripts/bench.sh --only mount     # one figure (snapshot|restore|mount|sweep|scale|incremental), repeatable;
+#   scripts/bench.sh --only mount     # one figure (snapshot|restore|mount|sweep|scale|incremental|remote), repeatable;
 #                                     # the report is rebuilt from this and earlier runs' results
 #
 # Options:
 #   --quick            smaller corpora, fewer points, 1 repetition
-#   --only FIGURE      snapshot, restore, mount, sweep, scale or incremental (figures 1-6; repeatable,
-#                      or comma-separated)
+#   --only FIGURE      snapshot, restore, mount, sweep, scale, incremental or remote (figures 1-7;
+#                      repeatable, or comma-separated)
 #   --reps N           repetitions of each timed command (median reported; default 3, --quick 1)
 #   --cache DIR        where corpora, archives and results live (default $HBB_BENCH_CACHE or /var/tmp/hbb-bench)
 #   --out DIR          where BENCHMARKS.md and bench-*.png go (default docs/, with --quick CACHE/quick)
@@ -27,6 +27,13 @@
 #   V  a 4 GiB ext4 image holding K (mkfs.ext4 -d)
 #   L  one large file: K as an uncompressed tar (for random reads in a large file)
 #   S  generated trees of small files: 10k, 100k and 1M files (scale figure)
+# The remote figure makes a second host on this machine: network namespaces
+# hbbbench-agent (with its own sshd on 10.214.0.2) and hbbbench-br (a bridge),
+# and the interface hbbbench0 (10.214.0.1); they are removed when it ends, and
+# by the trap on exit. Its sshd logs in as root with a key and without PAM,
+# which refuses a locked root account ("!" in /etc/shadow): unless
+# --no-install, such an account is unlocked with `usermod -p '*' root` ("*"
+# still allows no password).
 # then runs scripts/bench.py, which measures, writes the results as JSON under
 # the cache dir and renders the report and the plots (gnuplot).
 # Every mount is unmounted by a trap on exit, whatever happens.
@@ -60,13 +67,13 @@ while (($#)); do
     esac
     shift
 done
-figures=(snapshot restore mount sweep scale incremental)
+figures=(snapshot restore mount sweep scale incremental remote)
 if ((${#only[@]} == 0)); then only=("${figures[@]}"); fi
 for i in "${!only[@]}"; do
     f=${only[$i]}
-    # The issues number the figures 1-6: accept those too.
-    if [[ $f =~ ^[1-6]$ ]]; then f=${figures[$((f - 1))]}; only[i]=$f; fi
-    [[ " ${figures[*]} " == *" $f "* ]] || { echo "bench: unknown figure '$f' (one of: ${figures[*]}, or 1-6)" >&2; exit 2; }
+    # The issues number the figures 1-7: accept those too.
+    if [[ $f =~ ^[1-7]$ ]]; then f=${figures[$((f - 1))]}; only[i]=$f; fi
+    [[ " ${figures[*]} " == *" $f "* ]] || { echo "bench: unknown figure '$f' (one of: ${figures[*]}, or 1-7)" >&2; exit 2; }
 done
 wants() { [[ " ${only[*]} " == *" $1 "* ]]; }
 
@@ -81,7 +88,8 @@ log() { printf '\n== %s  [%s]\n' "$*" "$(date +%T)"; }
 # Debian's own python3 runs the harness (borg needs it too): no pyenv shims.
 PY=/usr/bin/python3
 packages=(zstd tar squashfs-tools squashfuse borgbackup python3-pyfuse3 python3-llfuse restic
-          gnuplot-nox e2fsprogs fuse3 time python3 xz-utils dpkg coreutils findutils util-linux procps linux-perf)
+          gnuplot-nox e2fsprogs fuse3 time python3 xz-utils dpkg coreutils findutils util-linux procps linux-perf
+          openssh-server openssh-client iproute2)
 if ((install)); then
     missing=()
     for p in "${packages[@]}"; do
@@ -95,6 +103,10 @@ if ((install)); then
     fi
 fi
 modprobe fuse 2>/dev/null || true
+if ((install)) && wants remote && grep -q '^root:!' /etc/shadow; then
+    log "unlocking root's account (usermod -p '*' root): the remote figure's sshd (UsePAM no) refuses a locked one"
+    usermod -p '*' root
+fi
 
 # ---------------------------------------------------------------- build
 target=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -130,6 +142,15 @@ cleanup() {
         done <"$work/pids"
         rm -f "$work/pids"
     fi
+    # The remote figure's second host (the harness removes it; this is the
+    # backstop): the processes in its namespaces, the namespaces, its interface.
+    local ns p
+    for ns in hbbbench-agent hbbbench-br; do
+        [ -e "/run/netns/$ns" ] || continue
+        for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    [ -e /sys/class/net/hbbbench0 ] && ip link del dev hbbbench0 2>/dev/null || true
     exit "$rc"
 }
 # The harness runs in the background so that a signal reaches this script at

@@ -307,9 +307,15 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
             );
         }
     }
+    // (Not `attention`: with runs every 3 s, a slow machine can make a
+    // job "overdue" — no good run for two periods — which is right, but
+    // not what this test is about.)
     let st = f.json(&["status", "--json"]);
     for j in st.as_array().unwrap() {
-        assert_eq!(j["attention"], false, "{j}");
+        assert!(
+            ["ok", "running"].contains(&j["last_status"].as_str().unwrap()),
+            "{j}"
+        );
     }
     let j1 = f.status_of("j1");
     assert_eq!(
@@ -355,10 +361,12 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
     let web = web.as_array().unwrap();
     assert_eq!(web.len(), 2);
     assert!(
-        web.iter()
-            .all(|j| j["group"] == "web" && j["attention"] == false)
+        web.iter().all(|j| j["group"] == "web"
+            && ["ok", "running"].contains(&j["last_status"].as_str().unwrap())),
+        "{web:?}"
     );
-    assert_ok(&f.hbb(&["status", "--group", "web"]));
+    let o = f.hbb(&["status", "--group", "web"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("m2"));
 
     // Back: j2 succeeds again.
     f.net.restore("m2");
@@ -368,7 +376,7 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
         !f.runs("j2", "ok", back).is_empty()
     });
     assert!(t_back.elapsed() < Duration::from_secs(90));
-    assert_eq!(f.status_of("j2")["attention"], false);
+    assert_ne!(f.status_of("j2")["last_status"], "failed");
     // SIGTERM: the daemon abandons what runs and stops; then nothing
     // changes the repository any more.
     let mut daemon = daemon;

@@ -91,24 +91,7 @@ impl Master {
     }
 
     pub fn hosts(&self) -> Result<Vec<Host>> {
-        let dberr = |e: rusqlite::Error| Error::Other(format!("master database: {e}"));
-        let mut st = self
-            .db
-            .prepare("SELECT spec FROM hosts ORDER BY name")
-            .map_err(dberr)?;
-        let specs = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(dberr)?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(dberr)?;
-        specs
-            .iter()
-            .map(|s| {
-                serde_json::from_str(s).map_err(|e| {
-                    Error::Other(format!("master database: a host does not decode: {e}"))
-                })
-            })
-            .collect()
+        self.specs("hosts", "host")
     }
 
     pub fn host(&self, name: &str) -> Result<Host> {

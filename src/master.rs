@@ -233,9 +233,18 @@ impl Master {
     }
 
     pub fn jobs(&self) -> Result<Vec<Job>> {
+        self.specs("jobs", "job")
+    }
+
+    /// Every row of a table of (name, spec): the specs, decoded, by name.
+    pub(crate) fn specs<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: &str,
+        what: &str,
+    ) -> Result<Vec<T>> {
         let mut st = self
             .db
-            .prepare("SELECT spec FROM jobs ORDER BY name")
+            .prepare(&format!("SELECT spec FROM {table} ORDER BY name"))
             .map_err(dberr)?;
         let specs = st
             .query_map([], |r| r.get::<_, String>(0))
@@ -246,7 +255,7 @@ impl Master {
             .iter()
             .map(|s| {
                 serde_json::from_str(s).map_err(|e| {
-                    Error::Other(format!("master database: a job does not decode: {e}"))
+                    Error::Other(format!("master database: a {what} does not decode: {e}"))
                 })
             })
             .collect()
@@ -433,7 +442,9 @@ pub fn run_job(
         Some(id) => id,
         None => m.start_run(&job, trigger, std::process::id())?,
     };
-    if !job.host.is_empty() {
+    let (code, mut row) = if job.host.is_empty() {
+        run_here(&job, quiet)
+    } else {
         let mut row = RunRow::default();
         let code = match m.host(&job.host) {
             Ok(h) => crate::fleet::run_remote(&job, &h, &mut row),
@@ -443,11 +454,17 @@ pub fn run_job(
                 1
             }
         };
-        m.finish_run(id, &row)?;
-        row.id = id;
-        row.job = job.name;
-        return Ok((code, row));
-    }
+        (code, row)
+    };
+    m.finish_run(id, &row)?;
+    row.id = id;
+    row.job = job.name;
+    Ok((code, row))
+}
+
+/// A run of a job of this host: the snapshot, then its retention.
+fn run_here(job: &Job, quiet: bool) -> (u8, RunRow) {
+    let name = &job.name;
     let mode = match job.mode.as_str() {
         "file" => crate::snapshot::ModeChoice::File,
         "volume" => crate::snapshot::ModeChoice::Volume,
@@ -533,10 +550,7 @@ pub fn run_job(
             1
         }
     };
-    m.finish_run(id, &row)?;
-    row.id = id;
-    row.job = job.name;
-    Ok((code, row))
+    (code, row)
 }
 
 /// Marks as abandoned the runs still `running` whose process is gone: no

@@ -76,19 +76,9 @@ pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
     let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
     let host = crate::sys::hostname();
     let source_s = source_abs.to_string_lossy().into_owned();
-    // The parent: the latest snapshot of the same source on this host.
-    let parent = cat
-        .snapshots()?
-        .into_iter()
-        .filter(|r| r.host == host && r.source == source_s)
-        .max_by_key(|r| (r.started_ns, r.name.clone()))
-        .and_then(|r| match repo.open_snapshot(&r.name) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                log::warn!("cannot use snapshot {} as the parent: {e}", r.name);
-                None
-            }
-        });
+    let parent = parent_of(&cat.snapshots()?, &host, &source_s, |n| {
+        repo.open_snapshot(n)
+    });
     let started = now_ns();
     o.archive = repo.snapshot_path(&name);
     o.repo = Some(RepoTarget {
@@ -113,16 +103,7 @@ pub fn snapshot_into(mut o: Options, rs: RepoSnapshot) -> Result<Made> {
             Ok(Made { outcome, row })
         }
         Err(e) => {
-            let _ = cat.add_run(&Run {
-                job: rs.job,
-                host,
-                source: source_s,
-                started_ns: started,
-                finished_ns: now_ns(),
-                status: "failed".into(),
-                message: e.to_string(),
-                ..Default::default()
-            });
+            let _ = cat.add_run(&failed_run(rs.job, host, source_s, started, &e));
             Err(e)
         }
     }
@@ -193,17 +174,7 @@ fn snapshot_remote(mut o: Options, rs: RepoSnapshot, url: &crate::remote::Url) -
     }
     let source_abs = std::path::absolute(&o.source).unwrap_or_else(|_| o.source.clone());
     let source_s = source_abs.to_string_lossy().into_owned();
-    let parent = rows
-        .iter()
-        .filter(|r| r.host == host && r.source == source_s)
-        .max_by_key(|r| (r.started_ns, r.name.clone()))
-        .and_then(|r| match client.open_snapshot(&r.name) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                log::warn!("cannot use snapshot {} as the parent: {e}", r.name);
-                None
-            }
-        });
+    let parent = parent_of(&rows, &host, &source_s, |n| client.open_snapshot(n));
     let started = now_ns();
     // The snapshot's file is made here, then sent.
     let dir = crate::sys::private_temp_dir("hbb-remote")?;
@@ -227,18 +198,42 @@ fn snapshot_remote(mut o: Options, rs: RepoSnapshot, url: &crate::remote::Url) -
         Ok(Made { outcome, row })
     });
     if let Err(e) = &made {
-        let _ = client.add_run(&Run {
-            job: rs.job,
-            host,
-            source: source_s,
-            started_ns: started,
-            finished_ns: now_ns(),
-            status: "failed".into(),
-            message: e.to_string(),
-            ..Default::default()
-        });
+        let _ = client.add_run(&failed_run(rs.job, host, source_s, started, e));
     }
     made
+}
+
+/// The parent of a snapshot of `source` on `host`: the latest of theirs.
+fn parent_of(
+    rows: &[SnapshotRow],
+    host: &str,
+    source: &str,
+    open: impl Fn(&str) -> Result<Archive>,
+) -> Option<Archive> {
+    rows.iter()
+        .filter(|r| r.host == host && r.source == source)
+        .max_by_key(|r| (r.started_ns, r.name.clone()))
+        .and_then(|r| match open(&r.name) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                log::warn!("cannot use snapshot {} as the parent: {e}", r.name);
+                None
+            }
+        })
+}
+
+/// The catalog's record of a snapshot that failed.
+fn failed_run(job: String, host: String, source: String, started_ns: i64, e: &Error) -> Run {
+    Run {
+        job,
+        host,
+        source,
+        started_ns,
+        finished_ns: now_ns(),
+        status: "failed".into(),
+        message: e.to_string(),
+        ..Default::default()
+    }
 }
 
 /// What an archive argument names: a file, or `REPO::SNAPSHOT`.

@@ -1427,3 +1427,49 @@ fn errors_name_the_host_and_say_what_to_do() {
     net.restore("agent");
     assert!(names(&net, &u).is_empty());
 }
+
+/// A client that stops talking without closing the connection (a cut link
+/// that sshd does not notice): `hbb serve` gives up after its idle time and
+/// its lock goes with it, so the next snapshot is not locked out. A live
+/// client pings, and is not given up on. (The idle time, 5 minutes, is 3 s
+/// here through a test knob.)
+#[test]
+fn a_silent_client_is_given_up_and_its_lock_freed() {
+    let t = Tmp::new("remote-idle");
+    let r = t.path("r");
+    assert_ok(&hbb(&["repo", "init", s(&r)]));
+    let src = t.path("src");
+    make_every_kind(&src);
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--restrict-to-repository", s(&r)])
+        .env("HBB_TEST_SERVE_IDLE", "3");
+    let mut c = Conn::start(cmd, t.path("serve.err"));
+    c.hello();
+    let open = c.call(&open(&r, false), &[]);
+    assert!(matches!(open.0, Reply::Opened { .. }), "{open:?}");
+    let lock = c.call(
+        &Request::Lock {
+            what: "a client that goes quiet".into(),
+            wait_ms: 0,
+        },
+        &[],
+    );
+    assert!(matches!(lock.0, Reply::Done), "{lock:?}");
+    // Held: another writer is refused, naming the holder.
+    let o = hbb(&["snapshot", s(&src), s(&r)]);
+    assert_fails(&o, 1, "a client that goes quiet");
+    // Pings keep it (5 s of them, longer than the idle time)...
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(matches!(c.call(&Request::Ping, &[]).0, Reply::Done));
+    }
+    assert!(
+        wait_exit(&mut c.child, 0).is_none(),
+        "gave up on a live client"
+    );
+    // ...silence ends it, though its stdin stays open.
+    let st = wait_exit(&mut c.child, 15).expect("hbb serve still running after 15 s of silence");
+    assert!(st.success(), "{st}: {}", c.stderr());
+    assert!(c.stderr().contains("no request for 3 s"), "{}", c.stderr());
+    assert_ok(&hbb(&["snapshot", s(&src), s(&r)]));
+}

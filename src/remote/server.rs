@@ -38,6 +38,14 @@ type RawBlock = (u32, [u8; 32], u32, i32, bool, Vec<u8>);
 /// even where sshd does not notice a cut link (no ClientAliveInterval).
 const IDLE: Duration = Duration::from_secs(300);
 
+/// `IDLE`, or for tests `HBB_TEST_SERVE_IDLE` seconds.
+fn idle() -> Duration {
+    std::env::var("HBB_TEST_SERVE_IDLE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(IDLE, Duration::from_secs)
+}
+
 /// A block compressed by the pool: (request id, hash, length, frame or error).
 type Compressed = (u32, [u8; 32], u32, std::result::Result<Vec<u8>, String>);
 
@@ -142,6 +150,7 @@ pub fn serve(o: &Options) -> Result<()> {
         outstanding: 0,
     };
     let limit = 2 * threads + 2;
+    let idle = idle();
     loop {
         if st.outstanding >= limit {
             let Ok(d) = done_rx.recv() else { break };
@@ -184,10 +193,10 @@ pub fn serve(o: &Options) -> Result<()> {
                 let Ok(d) = d else { break };
                 st.compressed(d, &resp_tx);
             }
-            default(IDLE) => {
+            default(idle) => {
                 log::warn!(
                     "serve: no request for {} s: the client is gone; closing (its partial snapshot is not named)",
-                    IDLE.as_secs()
+                    idle.as_secs()
                 );
                 break;
             }

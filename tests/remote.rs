@@ -322,9 +322,26 @@ fn both_compress_placements_and_every_command_on_a_remote_repository() {
     let mp = t.path("mnt");
     fs::create_dir_all(&mp).unwrap();
     {
+        let before = tx_bytes(&net, "agent");
         assert_ok(&master(&net, &["mount", &format!("{ua}::a"), s(&mp)]));
         let m = Mounted(mp.clone());
+        // Only what reads need crosses the link: the index, then the
+        // block(s) of the one small file read — not the snapshot.
+        assert_eq!(
+            fs::read(mp.join("plain.txt")).unwrap(),
+            fs::read(src.join("plain.txt")).unwrap()
+        );
+        let one = tx_bytes(&net, "agent") - before;
+        assert!(
+            one < sa / 2,
+            "{one} bytes sent for one small file of a {sa}-byte snapshot"
+        );
         diff_r(&src, &mp);
+        let all = tx_bytes(&net, "agent") - before;
+        assert!(
+            all > sa * 9 / 10,
+            "{all} bytes sent for every file of a {sa}-byte snapshot"
+        );
         assert_ok(&master(&net, &["umount", s(&m.0)]));
         assert!(!is_mounted(&mp));
     }

@@ -872,7 +872,7 @@ fn job_cmd(
                     Ok(r) => r,
                     Err(e) => {
                         error!("job {name}: {e}");
-                        worst = worst.max(exit::ERROR);
+                        worst = exit::ERROR;
                         continue;
                     }
                 };
@@ -884,7 +884,10 @@ fn job_cmd(
                     ),
                     _ => error!("job {name}: {}: {}", row.status, row.message),
                 }
-                worst = worst.max(code);
+                // A failure outranks an incomplete run (1 over 3).
+                if worst != exit::ERROR && code != exit::OK {
+                    worst = code;
+                }
             }
             Ok(worst)
         }

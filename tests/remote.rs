@@ -1074,6 +1074,51 @@ fn a_hostile_client_gets_nothing_outside_the_repository_it_is_restricted_to() {
         let m = c.refused(&req, &payload);
         assert!(m.contains("damaged"), "{m}");
     }
+    // A block larger than a remote repository takes is refused before
+    // anything is allocated for it (a small frame of 1 GiB of zeros).
+    let bomb = zstd::bulk::compress(&vec![0u8; 8 << 20], 19).unwrap();
+    for raw in [false, true] {
+        let m = c.refused(
+            &Request::Store {
+                hash: [7; 32],
+                len: 1 << 30,
+                raw,
+                level: 3,
+            },
+            &bomb,
+        );
+        assert!(m.contains("at most 64 MiB"), "{m}");
+    }
+    // R's own snapshot, renamed and with one block's hash changed: its
+    // pack exists, but the block is not in it as the snapshot says. (A
+    // snapshot is what the block table is rebuilt from: a lie there would
+    // make later snapshots of every host deduplicate against nothing.)
+    {
+        let mut a = hbb::archive::Archive::from_bytes(own.clone(), Path::new("s1")).unwrap();
+        let i = a
+            .index
+            .blocks
+            .iter()
+            .position(|b| matches!(b.loc, hbb::archive::BlockLoc::External { .. }))
+            .unwrap();
+        a.index.blocks[i].hash = [9; 32];
+        let mut ext = a.ext.clone();
+        ext.snapshot.as_mut().unwrap().name = "forged".into();
+        // Made outside the watched world (its listing is compared).
+        let f = w.top.parent().unwrap().join("forged.hbb");
+        let sink = hbb::archive::writer::Sink::create(&f).unwrap();
+        let wr = hbb::archive::writer::ArchiveWriter::new(sink, a.block_size(), [3; 16]).unwrap();
+        wr.finish(&a.index, &ext, 3).unwrap();
+        let forged = fs::read(&f).unwrap();
+        fs::remove_file(&f).unwrap();
+        let m = c.refused(
+            &Request::Commit {
+                name: "forged".into(),
+            },
+            &forged,
+        );
+        assert!(m.contains("not in its pack"), "{m}");
+    }
     // The same frame under its true hash is stored.
     let good = Request::Store {
         hash: *blake3::hash(b"hello").as_bytes(),

@@ -12,6 +12,8 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 
 use super::proto::{self, Reply, Request};
@@ -37,6 +39,10 @@ type RawBlock = (u32, [u8; 32], u32, i32, bool, Vec<u8>);
 /// client is taken for gone: the server exits and its lock goes with it,
 /// even where sshd does not notice a cut link (no ClientAliveInterval).
 const IDLE: Duration = Duration::from_secs(300);
+
+/// The largest block a remote repository takes (what its pool holds per
+/// thread, compressing or checking it).
+pub const MAX_REMOTE_BLOCK: u32 = 64 << 20;
 
 /// `IDLE`, or for tests `HBB_TEST_SERVE_IDLE` seconds.
 fn idle() -> Duration {
@@ -92,7 +98,9 @@ pub fn serve(o: &Options) -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(2);
     let (req_tx, req_rx) = bounded::<(u32, Request, Vec<u8>)>(16);
-    let (resp_tx, resp_rx) = unbounded::<(u32, Reply, Vec<u8>)>();
+    // Bounded: a client that does not read its replies stops being read
+    // (the pipe and ssh's window fill) instead of filling this memory.
+    let (resp_tx, resp_rx) = bounded::<(u32, Reply, Vec<u8>)>(32);
     let (work_tx, work_rx) = bounded::<RawBlock>(2 * threads);
     let (done_tx, done_rx) = unbounded::<Compressed>();
 
@@ -171,8 +179,21 @@ pub fn serve(o: &Options) -> Result<()> {
                 // stored (a frame is decompressed for that), on the pool's
                 // threads: what one client stores, others deduplicate against.
                 if let Request::Store { hash, len, raw, level } = req {
-                    if st.packs.is_none() {
-                        let _ = resp_tx.send((id, Reply::Error("store without the lock".into()), Vec::new()));
+                    let refuse = if st.packs.is_none() {
+                        Some("store without the lock".to_string())
+                    } else if len > MAX_REMOTE_BLOCK || payload.len() > MAX_REMOTE_BLOCK as usize + (1 << 20) {
+                        Some(format!(
+                            "a block of {len} bytes ({} sent): a remote repository takes blocks of at most {} MiB",
+                            payload.len(),
+                            MAX_REMOTE_BLOCK >> 20
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some(m) = refuse {
+                        if resp_tx.send((id, Reply::Error(m), Vec::new())).is_err() {
+                            break;
+                        }
                         continue;
                     }
                     st.outstanding += 1;
@@ -203,7 +224,10 @@ pub fn serve(o: &Options) -> Result<()> {
         }
     }
     // The client went away (or finished): a pack still open is not
-    // sealed; its temporary file goes with the PackWriter.
+    // sealed; its temporary file goes with the PackWriter. The locks go
+    // now, before waiting for the writer, which a client that stopped
+    // reading can hold up until sshd gives up.
+    drop(st);
     drop(work_tx);
     drop(resp_tx);
     let _ = writer.join();
@@ -546,11 +570,17 @@ impl State {
                 ));
             }
         }
+        // Every block must be where the snapshot says, as the packs' own
+        // trailers list them (hash, length, offset, frame length): a
+        // snapshot names what the catalog's block table is rebuilt from,
+        // and every later snapshot deduplicates against that table.
+        let mut trailers: Vec<HashMap<u64, pack::PackEntry>> = Vec::new();
         for s in &a.index.sources {
             let id = pack::id_of_name(&s.name)
                 .filter(|id| *id == s.archive_id)
                 .ok_or_else(|| Error::corrupt(&dest, "refers to something that is not a pack"))?;
-            if !repo.root.join(pack::rel_path(&id)).is_file() {
+            let path = repo.root.join(pack::rel_path(&id));
+            if !path.is_file() {
                 return Err(Error::corrupt(
                     &dest,
                     format!(
@@ -558,6 +588,27 @@ impl State {
                         pack::hex(&id)
                     ),
                 ));
+            }
+            let (_, entries) = pack::read_trailer(&path)?;
+            trailers.push(entries.into_iter().map(|e| (e.offset, e)).collect());
+        }
+        for (i, b) in a.index.blocks.iter().enumerate() {
+            if let crate::archive::BlockLoc::External {
+                source,
+                offset,
+                clen,
+            } = b.loc
+            {
+                let ok = trailers
+                    .get(source as usize)
+                    .and_then(|t| t.get(&offset))
+                    .is_some_and(|e| e.hash == b.hash && e.len == b.len && e.clen == clen);
+                if !ok {
+                    return Err(Error::corrupt(
+                        &dest,
+                        format!("block {i} is not in its pack as the snapshot says"),
+                    ));
+                }
             }
         }
         let dir = dest.parent().unwrap();

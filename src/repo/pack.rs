@@ -113,6 +113,9 @@ pub struct PackWriter {
     cur: Option<Open>,
     sealed: Vec<PackId>,
     pub bytes: u64,
+    /// A write failed: the open pack was thrown away (a partial frame
+    /// would shift every later offset), and nothing more is taken.
+    failed: bool,
 }
 
 impl PackWriter {
@@ -122,11 +125,35 @@ impl PackWriter {
             cur: None,
             sealed: Vec::new(),
             bytes: 0,
+            failed: false,
         }
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Other(
+                "an earlier write to a pack failed; this writer stores nothing more".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Throws the open pack away after a failed write.
+    fn fail(&mut self, e: Error) -> Error {
+        self.failed = true;
+        if let Some(o) = self.cur.take() {
+            let _ = std::fs::remove_file(&o.tmp);
+        }
+        e
     }
 
     /// Stores one frame; returns the pack and offset it went to.
     pub fn add(&mut self, hash: [u8; 32], len: u32, frame: &[u8]) -> Result<(PackId, u64)> {
+        self.check()?;
+        self.add_inner(hash, len, frame).map_err(|e| self.fail(e))
+    }
+
+    fn add_inner(&mut self, hash: [u8; 32], len: u32, frame: &[u8]) -> Result<(PackId, u64)> {
         if self.cur.is_none() {
             let id = crate::sys::random_id();
             let tmp =
@@ -167,6 +194,17 @@ impl PackWriter {
     }
 
     fn seal(&mut self) -> Result<()> {
+        self.check()?;
+        let tmp = self.cur.as_ref().map(|o| o.tmp.clone());
+        self.seal_inner().map_err(|e| {
+            if let Some(t) = tmp {
+                let _ = std::fs::remove_file(t);
+            }
+            self.fail(e)
+        })
+    }
+
+    fn seal_inner(&mut self) -> Result<()> {
         let Some(mut o) = self.cur.take() else {
             return Ok(());
         };

@@ -80,6 +80,7 @@ for d in docs/*.md; do
 done
 install -Dm644 LICENSE "$doc/LICENSE"
 install -Dm644 dist/snapshot.conf "$doc/examples/snapshot.conf"
+install -Dm644 dist/systemd/hbb-daemon-fleet.conf "$doc/examples/hbb-daemon-fleet.conf"
 {
     echo "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/"
     echo "Upstream-Name: hbb"

@@ -654,6 +654,8 @@ fn debian_package() {
         "./usr/share/doc/hbb/copyright",
         "./usr/share/doc/hbb/LICENSE",
         "./usr/share/doc/hbb/examples/snapshot.conf",
+        "./usr/share/doc/hbb/examples/hbb-daemon-fleet.conf",
+        "./usr/share/doc/hbb/docs/PROTOCOL.md",
     ] {
         assert!(
             list.lines().any(|l| l.ends_with(&format!(" {path}"))),

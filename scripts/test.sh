@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=(fuse3 rsync e2fsprogs attr diffutils util-linux mount findutils tar dpkg-dev binutils man-db systemd iproute2 openssh-server openssh-client)
+need=(fuse3 rsync e2fsprogs attr diffutils util-linux mount findutils tar dpkg-dev binutils man-db systemd iproute2 openssh-server openssh-client procps)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,7 +8,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
-use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -70,24 +69,7 @@ impl Master {
                 h.group
             )));
         }
-        let spec = serde_json::to_string(h).unwrap();
-        let sql = if replace {
-            "INSERT OR REPLACE INTO hosts (name, spec) VALUES (?1, ?2)"
-        } else {
-            "INSERT INTO hosts (name, spec) VALUES (?1, ?2)"
-        };
-        match self.db.execute(sql, params![h.name, spec]) {
-            Ok(_) => Ok(()),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(Error::Other(format!(
-                    "a host named {:?} exists already (--replace changes it)",
-                    h.name
-                )))
-            }
-            Err(e) => Err(Error::Other(format!("master database: {e}"))),
-        }
+        self.put_spec("hosts", "host", &h.name, h, replace)
     }
 
     pub fn hosts(&self) -> Result<Vec<Host>> {
@@ -114,14 +96,7 @@ impl Master {
                 users.join(", ")
             )));
         }
-        let n = self
-            .db
-            .execute("DELETE FROM hosts WHERE name = ?1", [name])
-            .map_err(|e| Error::Other(format!("master database: {e}")))?;
-        if n == 0 {
-            return Err(Error::Other(format!("no host named {name:?}")));
-        }
-        Ok(())
+        self.rm_spec("hosts", "host", name)
     }
 
     /// The group of a job: its host's, or "" for a job of this host.
@@ -148,19 +123,12 @@ pub fn shell_quote(s: &str) -> String {
 /// `ssh … host 'hbb ARGS…'`, as HBB_RSH says to run ssh.
 pub fn ssh_command(h: &Host, args: &[String]) -> Result<Command> {
     let url = host_url(&h.url)?;
-    let words = crate::remote::rsh_words();
-    let mut cmd = Command::new(&words[0]);
-    cmd.args(&words[1..]);
-    if let Some(p) = url.port {
-        cmd.arg("-p").arg(p.to_string());
-    }
     let mut line = shell_quote(&h.hbb);
     for a in args {
         line.push(' ');
         line.push_str(&shell_quote(a));
     }
-    cmd.arg(url.destination()).arg(line);
-    Ok(cmd)
+    Ok(crate::remote::ssh(&url, line))
 }
 
 /// What one hbb command on a host gave: exit code, stdout, its last stderr lines.

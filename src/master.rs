@@ -212,24 +212,49 @@ impl Master {
                 job.repo.display()
             )));
         }
-        let spec = serde_json::to_string(job).unwrap();
-        let sql = if replace {
-            "INSERT OR REPLACE INTO jobs (name, spec) VALUES (?1, ?2)"
+        self.put_spec("jobs", "job", &job.name, job, replace)
+    }
+
+    /// Stores `spec` under `name` in a table of (name, spec); an existing
+    /// one is an error unless `replace`.
+    pub(crate) fn put_spec<T: Serialize>(
+        &self,
+        table: &str,
+        what: &str,
+        name: &str,
+        spec: &T,
+        replace: bool,
+    ) -> Result<()> {
+        let spec = serde_json::to_string(spec).unwrap();
+        let verb = if replace {
+            "INSERT OR REPLACE"
         } else {
-            "INSERT INTO jobs (name, spec) VALUES (?1, ?2)"
+            "INSERT"
         };
-        match self.db.execute(sql, params![job.name, spec]) {
+        let sql = format!("{verb} INTO {table} (name, spec) VALUES (?1, ?2)");
+        match self.db.execute(&sql, params![name, spec]) {
             Ok(_) => Ok(()),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
                 Err(Error::Other(format!(
-                    "a job named {:?} exists already (--replace changes it)",
-                    job.name
+                    "a {what} named {name:?} exists already (--replace changes it)"
                 )))
             }
             Err(e) => Err(dberr(e)),
         }
+    }
+
+    /// Removes `name` from a table of (name, spec).
+    pub(crate) fn rm_spec(&self, table: &str, what: &str, name: &str) -> Result<()> {
+        let n = self
+            .db
+            .execute(&format!("DELETE FROM {table} WHERE name = ?1"), [name])
+            .map_err(dberr)?;
+        if n == 0 {
+            return Err(Error::Other(format!("no {what} named {name:?}")));
+        }
+        Ok(())
     }
 
     pub fn jobs(&self) -> Result<Vec<Job>> {
@@ -269,14 +294,7 @@ impl Master {
     }
 
     pub fn rm_job(&self, name: &str) -> Result<()> {
-        let n = self
-            .db
-            .execute("DELETE FROM jobs WHERE name = ?1", [name])
-            .map_err(dberr)?;
-        if n == 0 {
-            return Err(Error::Other(format!("no job named {name:?}")));
-        }
-        Ok(())
+        self.rm_spec("jobs", "job", name)
     }
 
     pub fn start_run(&self, job: &Job, trigger: &str, pid: u32) -> Result<i64> {

@@ -34,6 +34,31 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// The hosts, each with its sshd; ssh sessions (and this side's
+    /// commands) find hbb through HBB_REMOTE_PATH and each other through
+    /// HBB_RSH.
+    fn new(hosts: &[&str], name: &str) -> Fleet {
+        let bin = env!("CARGO_BIN_EXE_hbb");
+        let net = Net::with_env(hosts, &[("HBB_REMOTE_PATH", bin)]);
+        let env = vec![
+            ("HBB_RSH".to_string(), net.rsh()),
+            ("HBB_REMOTE_PATH".to_string(), bin.to_string()),
+        ];
+        Fleet {
+            t: Tmp::new(name),
+            net,
+            env,
+        }
+    }
+    /// `hbb --home MASTER ARGS`, with the fleet's environment, to spawn.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_hbb"));
+        cmd.arg("--home").arg(self.t.path("master")).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
     fn hbb(&self, args: &[&str]) -> std::process::Output {
         let home = s(&self.t.path("master")).to_string();
         let mut a = vec!["--home", &home];
@@ -85,13 +110,7 @@ fn now_ns() -> i64 {
 #[test]
 fn master_runs_jobs_on_two_managers_into_an_agent() {
     let bin = env!("CARGO_BIN_EXE_hbb");
-    let net = Net::with_env(&["m1", "m2", "agent"], &[("HBB_REMOTE_PATH", bin)]);
-    let t = Tmp::new("fleet");
-    let env = vec![
-        ("HBB_RSH".to_string(), net.rsh()),
-        ("HBB_REMOTE_PATH".to_string(), bin.to_string()),
-    ];
-    let f = Fleet { t, net, env };
+    let f = Fleet::new(&["m1", "m2", "agent"], "fleet");
     let t = &f.t;
     // The data of each manager (one filesystem here: the paths differ).
     let src1 = t.path("m1-data");
@@ -262,28 +281,24 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
     assert_ok(&f.hbb(&["job", "rm", "own"]));
 
     // The daemon runs both on schedule.
-    let home = s(&t.path("master")).to_string();
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--home",
-        &home,
-        "daemon",
-        "-f",
-        "--retry-delay",
-        "1s",
-        "--retries",
-        "1",
-        "--max-jobs",
-        "4",
-        "--group-max-jobs",
-        "1",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in &f.env {
-        cmd.env(k, v);
-    }
-    let daemon = Daemon(cmd.spawn().unwrap());
+    let daemon = Daemon(
+        f.command(&[
+            "daemon",
+            "-f",
+            "--retry-delay",
+            "1s",
+            "--retries",
+            "1",
+            "--max-jobs",
+            "4",
+            "--group-max-jobs",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
     let t1 = now_ns();
     wait_until("two scheduled runs of each job", 90, || {
         f.runs("j1", "ok", t1).len() >= 2 && f.runs("j2", "ok", t1).len() >= 2
@@ -396,13 +411,7 @@ fn master_runs_jobs_on_two_managers_into_an_agent() {
 #[test]
 fn a_stopped_run_stops_on_the_manager_and_names_nothing() {
     let bin = env!("CARGO_BIN_EXE_hbb");
-    let net = Net::with_env(&["m1", "agent"], &[("HBB_REMOTE_PATH", bin)]);
-    let t = Tmp::new("fleet-stop");
-    let env = vec![
-        ("HBB_RSH".to_string(), net.rsh()),
-        ("HBB_REMOTE_PATH".to_string(), bin.to_string()),
-    ];
-    let f = Fleet { t, net, env };
+    let f = Fleet::new(&["m1", "agent"], "fleet-stop");
     let t = &f.t;
     let src = t.path("m1-data");
     std::fs::create_dir_all(&src).unwrap();
@@ -430,13 +439,7 @@ fn a_stopped_run_stops_on_the_manager_and_names_nothing() {
     ]));
     // Slow enough to be stopped in the middle: 160 MiB at 40 Mbit/s.
     f.net.limit("agent", "40mbit");
-    let home = s(&t.path("master")).to_string();
-    let mut cmd = Command::new(bin);
-    cmd.args(["--home", &home, "job", "run", "big"]);
-    for (k, v) in &f.env {
-        cmd.env(k, v);
-    }
-    let mut run = cmd.spawn().unwrap();
+    let mut run = f.command(&["job", "run", "big"]).spawn().unwrap();
     let on_m1 = |pat: &str| {
         Command::new("pgrep")
             .args(["-f", pat])

@@ -59,19 +59,6 @@ fn on(net: &Net, host: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-/// Reads every file once, so that later reads (diff) no longer move their
-/// atime (relatime) and restored trees compare equal with it.
-fn settle(p: &Path) {
-    let md = fs::symlink_metadata(p).unwrap();
-    if md.is_dir() {
-        for e in fs::read_dir(p).unwrap() {
-            settle(&e.unwrap().path());
-        }
-    } else if md.is_file() {
-        let _ = fs::read(p);
-    }
-}
-
 fn json(o: &Output) -> serde_json::Value {
     assert_ok(o);
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {

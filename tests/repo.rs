@@ -16,19 +16,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Reads every file once, so that later reads (diff, cat) no longer move
-/// their atime (relatime) and restored trees compare equal with it.
-fn settle(p: &Path) {
-    let md = fs::symlink_metadata(p).unwrap();
-    if md.is_dir() {
-        for e in fs::read_dir(p).unwrap() {
-            settle(&e.unwrap().path());
-        }
-    } else if md.is_file() {
-        let _ = fs::read(p);
-    }
-}
-
 /// `hbb snapshot SRC REPO --json` → the catalog row of the new snapshot.
 #[track_caller]
 fn snap(src: &Path, repo: &Path, extra: &[&str]) -> serde_json::Value {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -74,22 +74,16 @@ fn tail_text(shared: &Shared) -> String {
 impl Client {
     /// Connects to the repository at `url` (creating it with `create`).
     pub fn connect(url: &Url, create: bool) -> Result<Arc<Client>> {
-        let words = super::rsh_words();
         let remote = std::env::var("HBB_REMOTE_PATH").unwrap_or_else(|_| "hbb".into());
-        let mut cmd = Command::new(&words[0]);
-        cmd.args(&words[1..]);
-        if let Some(p) = url.port {
-            cmd.arg("-p").arg(p.to_string());
-        }
-        cmd.arg(url.destination())
-            .arg(format!("{remote} serve"))
-            .stdin(Stdio::piped())
+        let mut cmd = super::ssh(url, format!("{remote} serve"));
+        let program = cmd.get_program().to_owned();
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| {
             Error::Other(format!(
                 "{url}: cannot run {:?} (set HBB_RSH to the ssh command): {e}",
-                words[0]
+                program
             ))
         })?;
         let shared = Arc::new(Shared {

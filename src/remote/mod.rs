@@ -169,6 +169,18 @@ pub fn rsh_words() -> Vec<String> {
     .to_vec()
 }
 
+/// `$HBB_RSH [-p PORT] [USER@]HOST LINE`: LINE run by the far end's shell.
+pub fn ssh(url: &Url, line: String) -> std::process::Command {
+    let words = rsh_words();
+    let mut cmd = std::process::Command::new(&words[0]);
+    cmd.args(&words[1..]);
+    if let Some(p) = url.port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    cmd.arg(url.destination()).arg(line);
+    cmd
+}
+
 /// Splits a command line as a shell would split simple words: at spaces,
 /// with '…' and "…" quoting (for HBB_RSH).
 pub fn split_words(s: &str) -> Vec<String> {

@@ -45,6 +45,9 @@ pub trait FrameStore: Send + Sync {
     ) -> std::io::Result<()>;
 }
 
+/// Largest frame buffer a thread keeps between blocks.
+const KEEP_FRAME_BUFFER: usize = 64 << 20;
+
 pub struct Archive {
     file: Box<dyn Source>,
     pub path: PathBuf,
@@ -438,17 +441,24 @@ impl Archive {
 
     /// The compressed frame of block `i`, as stored (empty for a zero block).
     pub fn read_frame(&self, i: u64) -> Result<Vec<u8>> {
+        let mut comp = Vec::new();
+        self.read_frame_into(i, &mut comp)?;
+        Ok(comp)
+    }
+
+    /// Reads block `i`'s frame into `comp` (replacing what it held).
+    fn read_frame_into(&self, i: u64, comp: &mut Vec<u8>) -> Result<()> {
         let b = self
             .index
             .blocks
             .get(i as usize)
             .ok_or_else(|| self.block_err(i, "no such block"))?;
-        let mut comp = Vec::new();
+        comp.clear();
         match b.loc {
             BlockLoc::Frame { offset, clen } => {
                 comp.resize(clen as usize, 0);
                 self.file
-                    .read_exact_at(&mut comp, offset)
+                    .read_exact_at(comp, offset)
                     .map_err(|e| self.block_err(i, format!("read failed: {e}")))?;
             }
             BlockLoc::External {
@@ -464,7 +474,7 @@ impl Archive {
                 })?;
                 let src = &self.index.sources[source as usize];
                 comp.resize(clen as usize, 0);
-                store.read_frame(src, offset, &mut comp).map_err(|e| {
+                store.read_frame(src, offset, comp).map_err(|e| {
                     self.block_err(
                         i,
                         format!("read failed in {}: {e}", String::from_utf8_lossy(&src.name)),
@@ -473,7 +483,7 @@ impl Archive {
             }
             BlockLoc::Zero => {}
         }
-        Ok(comp)
+        Ok(())
     }
 
     /// Decompresses block `i` into `out` (cleared first) and checks its hash.
@@ -495,11 +505,22 @@ impl Archive {
                 Ok(())
             }
             BlockLoc::Frame { .. } | BlockLoc::External { .. } => {
-                let comp = self.read_frame(i)?;
-                out.reserve(b.len as usize);
-                let n = dec
-                    .decompress_to_buffer(&comp, out)
-                    .map_err(|e| self.block_err(i, format!("frame does not decompress: {e}")))?;
+                // One frame buffer per thread, reused: a fresh one per block
+                // costs its pages' faults on every read of a mount.
+                thread_local! {
+                    static COMP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+                }
+                let n = COMP.with_borrow_mut(|comp| {
+                    self.read_frame_into(i, comp)?;
+                    out.reserve(b.len as usize);
+                    let n = dec
+                        .decompress_to_buffer(&comp[..], out)
+                        .map_err(|e| self.block_err(i, format!("frame does not decompress: {e}")));
+                    if comp.capacity() > KEEP_FRAME_BUFFER {
+                        *comp = Vec::new();
+                    }
+                    n
+                })?;
                 if n != b.len as usize {
                     return Err(self.block_err(
                         i,

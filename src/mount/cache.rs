@@ -100,6 +100,9 @@ struct State {
     prefetch: VecDeque<Key>,
     /// Blocks found damaged; the archive does not change, so neither do they.
     bad: HashMap<Key, Failure>,
+    /// Buffers of evicted blocks no reply still used, for the workers'
+    /// next decodes (at most one per worker).
+    free: Vec<Vec<u8>>,
     shutdown: bool,
 }
 
@@ -145,6 +148,7 @@ impl BlockCache {
                 demand: VecDeque::new(),
                 prefetch: VecDeque::new(),
                 bad: HashMap::new(),
+                free: Vec::new(),
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -339,6 +343,11 @@ impl Shared {
 
     fn work(&self) {
         let mut dec = new_decompressor();
+        // The buffer the next block is decoded into, its pages already
+        // touched: faulting a fresh block's pages in (a zeroed page per
+        // 4 KiB) is otherwise a good part of a cold read's latency. It is
+        // made ready after a reply, while no reader waits on this worker.
+        let mut spare: Vec<u8> = Vec::new();
         loop {
             let (b, archive) = {
                 let mut st = lock(&self.state);
@@ -352,7 +361,19 @@ impl Shared {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let mut buf = Vec::new();
+            let block_size = archive.block_size();
+            let len = archive
+                .index
+                .blocks
+                .get(b.1 as usize)
+                .map_or(0, |x| u64::from(x.len));
+            // A short block (a file's tail) gets a buffer of its own size,
+            // so that the cache's byte budget holds what it holds.
+            let mut buf = if len >= spare.capacity() as u64 / 2 {
+                std::mem::take(&mut spare)
+            } else {
+                Vec::new()
+            };
             let r = archive.read_block_into(b.1, &mut dec, &mut buf);
             drop(archive);
             self.decoded.fetch_add(1, Ordering::Relaxed);
@@ -362,7 +383,7 @@ impl Shared {
                 let result = match r {
                     Ok(()) => {
                         let d = Arc::new(buf);
-                        st.insert(b, d.clone(), self.capacity);
+                        st.insert(b, d.clone(), self.capacity, self.threads);
                         Ok(d)
                     }
                     Err(e) => {
@@ -375,6 +396,25 @@ impl Shared {
             };
             for (g, k) in waiters {
                 g.fill(k, result.clone());
+            }
+            drop(result);
+            // Sized by the block just decoded (a real one, not the
+            // header's word), when it was a whole block.
+            let want = len as usize;
+            if len >= block_size / 2 && spare.capacity() < want {
+                let recycled = lock(&self.state).free.pop();
+                spare = match recycled {
+                    Some(v) if v.capacity() >= want => v,
+                    _ => {
+                        // Written, not calloc'ed (`vec![0; n]` maps pages
+                        // that fault on first use): the point is the faults.
+                        #[allow(clippy::slow_vector_initialization)]
+                        let mut v = Vec::with_capacity(want);
+                        v.resize(want, 0);
+                        v.clear();
+                        v
+                    }
+                };
             }
         }
     }
@@ -400,7 +440,7 @@ impl State {
         None
     }
 
-    fn insert(&mut self, b: Key, d: Data, capacity: u64) {
+    fn insert(&mut self, b: Key, d: Data, capacity: u64, workers: usize) {
         let cost = |d: &Data| d.capacity() as u64;
         self.bytes += cost(&d);
         if let Some(old) = self.lru.put(b, d) {
@@ -410,7 +450,15 @@ impl State {
         // cache smaller than one block of some archive).
         while self.bytes > capacity && self.lru.len() > 1 {
             match self.lru.pop_lru() {
-                Some((_, old)) => self.bytes -= cost(&old),
+                Some((_, old)) => {
+                    self.bytes -= cost(&old);
+                    // Unless a reply still holds it, its buffer is reused.
+                    if self.free.len() < workers
+                        && let Ok(v) = Arc::try_unwrap(old)
+                    {
+                        self.free.push(v);
+                    }
+                }
                 None => break,
             }
         }
@@ -575,6 +623,29 @@ mod tests {
         }
         // The second round found two of them still cached at most.
         assert_eq!(c.stats().decoded, 4, "{:?}", c.stats());
+    }
+
+    #[test]
+    fn reused_buffers_hold_only_their_own_block() {
+        // Eight blocks through room for two, one at a time and in pairs,
+        // so evicted blocks' buffers are decoded into again and again.
+        let (_d, a) = archive("reuse", 8, 3);
+        let c = BlockCache::new(2 * 65536, 2).unwrap();
+        let o = origin(0, &a);
+        let mut dec = new_decompressor();
+        let want: Vec<_> = (0..8).map(|b| a.read_block(b, &mut dec).unwrap()).collect();
+        for round in 0..4u64 {
+            for b in 0..8u64 {
+                let b = (b * 3 + round) % 8;
+                let pair = [b, (b + 5) % 8];
+                let got = get_sync(&c, &o, &pair).unwrap();
+                for (d, k) in got.iter().zip(pair) {
+                    assert_eq!(**d, want[k as usize], "round {round} block {k}");
+                }
+                let s = c.stats();
+                assert!(s.cached_bytes <= 2 * 65536, "{s:?}");
+            }
+        }
     }
 
     #[test]

@@ -130,6 +130,57 @@ fn volume_roundtrip_of_a_real_ext4_image() {
 }
 
 #[test]
+fn sparse_image_round_trips_holes_of_any_alignment() {
+    use std::os::unix::fs::FileExt;
+    let t = Tmp::new("sparse-volume");
+    let img = t.path("sparse.img");
+    let size: u64 = 8 << 20;
+    let f = fs::File::create(&img).unwrap();
+    f.set_len(size).unwrap();
+    // Data at the start, across a block boundary, in the middle of a
+    // block, and at the very end; holes of every alignment between.
+    for (off, len, seed) in [
+        (0u64, 5000usize, 1u64),
+        ((1 << 20) - 700, 9000, 2),
+        (3 << 20 | 12345, 100, 3),
+        (size - 4096, 4096, 4),
+    ] {
+        f.write_all_at(&noise(len, seed), off).unwrap();
+    }
+    drop(f);
+    let used = fs::metadata(&img).unwrap().blocks() * 512;
+    assert!(
+        used < 1 << 20,
+        "the test image is not sparse here ({used} bytes used)"
+    );
+    let arc = t.path("s.hbb");
+    assert_ok(&hbb(&[
+        "snapshot",
+        "--mode",
+        "volume",
+        "--block-size",
+        "64K",
+        s(&img),
+        s(&arc),
+    ]));
+    let info = info_json(&arc);
+    assert_eq!(info["mode"], "volume");
+    // 128 blocks of 64 KiB, 5 of them holding data.
+    assert_eq!(info["stats"]["zero_blocks"].as_u64(), Some(123), "{info}");
+    assert_ok(&hbb(&["verify", "--source", s(&img), s(&arc)]));
+    let restored = t.path("restored.img");
+    assert_ok(&hbb(&["restore", s(&arc), s(&restored)]));
+    cmp(&img, &restored);
+    // Onto a device full of other bytes: the holes are written as zeros.
+    let dirty = t.path("dirty.img");
+    write_noise(&dirty, size as usize, 9);
+    let lo = Loop::attach(&dirty);
+    assert_ok(&hbb(&["restore", s(&arc), &lo.dev]));
+    drop(lo);
+    cmp(&img, &dirty);
+}
+
+#[test]
 fn auto_mode_follows_the_threshold_and_the_mount_state() {
     let t = Tmp::new("auto");
     let src = t.path("src");

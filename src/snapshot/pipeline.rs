@@ -38,7 +38,15 @@ pub struct BlockSink<'a> {
     index: u64,
     buf: Option<Vec<u8>>,
     pool: &'a Receiver<Vec<u8>>,
-    work: &'a Sender<(u64, Vec<u8>)>,
+    work: &'a Sender<Job>,
+}
+
+/// A block for the compressors: its bytes, or (no buffer) that it is
+/// `zeros` zero bytes nobody read.
+struct Job {
+    index: u64,
+    buf: Option<Vec<u8>>,
+    zeros: u32,
 }
 
 fn stopped() -> Error {
@@ -123,6 +131,35 @@ impl BlockSink<'_> {
         }
     }
 
+    /// Appends `n` zero bytes (a hole of the source) without reading them:
+    /// whole blocks of them go to the writer as zero blocks without a
+    /// buffer, the rest is filled in.
+    pub fn zeros(&mut self, mut n: u64) -> Result<()> {
+        while n > 0 {
+            let partial = self.buf.as_ref().is_some_and(|b| !b.is_empty());
+            if partial || n < self.bs {
+                let k = n.min(self.space());
+                let buf = self.buf()?;
+                buf.resize(buf.len() + k as usize, 0);
+                n -= k;
+                if self.space() == 0 {
+                    self.send().map_err(|_| stopped())?;
+                }
+            } else {
+                self.work
+                    .send(Job {
+                        index: self.index,
+                        buf: None,
+                        zeros: self.bs as u32,
+                    })
+                    .map_err(|_| stopped())?;
+                self.index += 1;
+                n -= self.bs;
+            }
+        }
+        Ok(())
+    }
+
     /// Ends the current block early, so the next byte starts a new block.
     pub fn align(&mut self) -> Result<()> {
         if self.buf.as_ref().is_some_and(|b| !b.is_empty()) {
@@ -134,7 +171,11 @@ impl BlockSink<'_> {
     fn send(&mut self) -> std::io::Result<()> {
         let b = self.buf.take().expect("block buffer");
         self.work
-            .send((self.index, b))
+            .send(Job {
+                index: self.index,
+                buf: Some(b),
+                zeros: 0,
+            })
             .map_err(|_| std::io::Error::other(stopped()))?;
         self.index += 1;
         Ok(())
@@ -143,7 +184,9 @@ impl BlockSink<'_> {
 
 struct Done {
     index: u64,
-    buf: Vec<u8>,
+    len: u32,
+    /// The pool's buffer, to give back.
+    buf: Option<Vec<u8>>,
     hash: [u8; 32],
     payload: Payload,
 }
@@ -151,7 +194,7 @@ struct Done {
 fn worker(
     level: i32,
     raw: bool,
-    work: Receiver<(u64, Vec<u8>)>,
+    work: Receiver<Job>,
     done: Sender<Result<Done>>,
     stored: &RwLock<HashSet<[u8; 32]>>,
 ) {
@@ -164,7 +207,20 @@ fn worker(
     };
     let _ = comp.include_checksum(false);
     let _ = comp.include_contentsize(true);
-    for (index, buf) in work {
+    for Job { index, buf, zeros } in work {
+        let Some(buf) = buf else {
+            let msg = Done {
+                index,
+                len: zeros,
+                buf: None,
+                hash: [0; 32],
+                payload: Payload::Zero,
+            };
+            if done.send(Ok(msg)).is_err() {
+                return;
+            }
+            continue;
+        };
         let r = if is_zero(&buf) {
             Ok(([0; 32], Payload::Zero))
         } else {
@@ -181,7 +237,8 @@ fn worker(
         };
         let msg = r.map(|(hash, payload)| Done {
             index,
-            buf,
+            len: buf.len() as u32,
+            buf: Some(buf),
             hash,
             payload,
         });
@@ -211,7 +268,7 @@ pub fn run<R: Send>(
     for _ in 0..slots {
         pool_tx.send(Vec::new()).unwrap();
     }
-    let (work_tx, work_rx) = bounded::<(u64, Vec<u8>)>(slots);
+    let (work_tx, work_rx) = bounded::<Job>(slots);
     let (done_tx, done_rx) = unbounded::<Result<Done>>();
     // Blocks already stored (in a repository) are not compressed again.
     let stored = RwLock::new(
@@ -264,14 +321,16 @@ pub fn run<R: Send>(
                 let d = msg?;
                 pending.insert(d.index, d);
                 while let Some(d) = pending.remove(&next) {
-                    let len = d.buf.len() as u32;
+                    let len = d.len;
                     let stored_frame = matches!(d.payload, Payload::Frame(_) | Payload::Raw(_));
                     writer.push(d.index, len, d.hash, d.payload)?;
                     if stored_frame {
                         stored.write().unwrap().insert(d.hash);
                     }
                     progress.stored(writer.stored_bytes);
-                    let _ = pool_tx.send(d.buf);
+                    if let Some(buf) = d.buf {
+                        let _ = pool_tx.send(buf);
+                    }
                     next += 1;
                 }
             }

@@ -129,19 +129,35 @@ pub fn read_volume(
     } else {
         md.len()
     };
+    // An image file's holes (a sparse image: mostly free space, say) are
+    // zeros nobody needs to read; a block device has none.
+    let regions = if md.file_type().is_file() {
+        crate::sys::data_regions(&f, size).at(path)?
+    } else {
+        vec![(0, size)]
+    };
     let mut off = 0u64;
-    while off < size {
-        let n = sink
-            .read_at(f.as_fd(), off, size - off)
-            .map_err(|e| Error::Other(format!("{}: read at offset {off}: {e}", path.display())))?;
-        if n == 0 {
-            return Err(Error::Other(format!(
-                "{}: volume ended at offset {off}, expected {size} bytes (it shrank while read)",
-                path.display()
-            )));
+    for (start, len) in regions.into_iter().chain([(size, 0)]) {
+        if start > off {
+            sink.zeros(start - off)?;
+            progress.read(start - off);
+            off = start;
         }
-        off += n as u64;
-        progress.read(n as u64);
+        while off < start + len {
+            let n = sink
+                .read_at(f.as_fd(), off, start + len - off)
+                .map_err(|e| {
+                    Error::Other(format!("{}: read at offset {off}: {e}", path.display()))
+                })?;
+            if n == 0 {
+                return Err(Error::Other(format!(
+                    "{}: volume ended at offset {off}, expected {size} bytes (it shrank while read)",
+                    path.display()
+                )));
+            }
+            off += n as u64;
+            progress.read(n as u64);
+        }
     }
     Ok((
         vec![Extent {

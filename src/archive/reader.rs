@@ -186,6 +186,9 @@ impl Archive {
                 .read_to_end(&mut raw)
                 .map_err(bad_index)?;
         }
+        // Each copy of the index is let go as soon as the next one is made:
+        // the peak memory of opening a large archive is their sum.
+        drop(comp);
         if raw.len() as u64 != footer.index_rlen {
             return Err(Error::corrupt(
                 path,
@@ -203,6 +206,7 @@ impl Archive {
                 .map_err(|e| Error::corrupt(path, format!("index extension does not decode: {e}")))?
                 .0
         };
+        drop(raw);
         let a = Archive {
             file,
             path: path.to_path_buf(),

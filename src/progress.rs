@@ -44,6 +44,13 @@ impl Progress {
         }
     }
 
+    /// `n` more bytes to read (the total grows while a walk finds files).
+    pub fn grow(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc_length(n);
+        }
+    }
+
     /// One more file done (file mode).
     pub fn file(&self) {
         self.files.fetch_add(1, Ordering::Relaxed);

@@ -188,14 +188,17 @@ fn auto_mode_follows_the_threshold_and_the_mount_state() {
     for i in 0..30 {
         fs::write(src.join(format!("f{i}")), format!("{i}\n")).unwrap();
     }
-    // Below the threshold: file mode.
+    // A plain directory below the threshold: file mode.
     let a1 = t.path("a1.hbb");
     let out = hbb(&["snapshot", "--volume-threshold", "100", s(&src), s(&a1)]);
     assert_ok(&out);
     let i1 = info_json(&a1);
     assert_eq!(i1["mode"], "file");
     assert!(
-        i1["mode_reason"].as_str().unwrap().contains("30 entries"),
+        i1["mode_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not the root of a filesystem"),
         "{i1}"
     );
 
@@ -232,6 +235,25 @@ fn auto_mode_follows_the_threshold_and_the_mount_state() {
     assert!(
         i3["mode_reason"].as_str().unwrap().contains("read-only"),
         "{i3}"
+    );
+    // The same filesystem below the threshold (30 files and lost+found):
+    // file mode, saying how many entries it counted.
+    let a3f = t.path("a3f.hbb");
+    assert_ok(&hbb(&[
+        "snapshot",
+        "--volume-threshold",
+        "100",
+        s(&mnt),
+        s(&a3f),
+    ]));
+    let i3f = info_json(&a3f);
+    assert_eq!(i3f["mode"], "file", "{i3f}");
+    assert!(
+        i3f["mode_reason"]
+            .as_str()
+            .unwrap()
+            .contains("31 entries, not more than the threshold 100"),
+        "{i3f}"
     );
     // A mounted ext4 changes a few bytes of its device in memory, so the
     // archive is compared with the device as it reads while mounted.

@@ -155,6 +155,17 @@ fn decide(o: &Options) -> Result<(Plan, String)> {
                 )));
             }
             let t = o.volume_threshold;
+            // Only the root of a filesystem on a block device can be
+            // imaged: anything else is file mode whatever its size, and
+            // its entries are not counted (a walk of its own, up to the
+            // threshold).
+            let Some(mounted) = volume::device_of_mountpoint(src) else {
+                return Ok((
+                    Plan::Files { root: src.clone() },
+                    "auto: the source is not the root of a filesystem on a block device: file mode"
+                        .into(),
+                ));
+            };
             let n = walk::count_entries(src, t);
             if n <= t {
                 return Ok((
@@ -162,15 +173,12 @@ fn decide(o: &Options) -> Result<(Plan, String)> {
                     format!("auto: {n} entries, not more than the threshold {t}: file mode"),
                 ));
             }
-            let why = match volume::device_of_mountpoint(src) {
-                None => format!(
-                    "auto: more than {t} entries, but the source is not the root of a filesystem on a block device: file mode"
-                ),
-                Some((dev, false)) if !o.allow_mounted_rw => format!(
+            let why = match mounted {
+                (dev, false) if !o.allow_mounted_rw => format!(
                     "auto: more than {t} entries, but {} is mounted read-write: file mode (remount read-only, or pass --mode volume --allow-mounted-rw, to image it)",
                     dev.display()
                 ),
-                Some((dev, ro)) => {
+                (dev, ro) => {
                     let how = if ro {
                         "mounted read-only"
                     } else {
@@ -252,11 +260,14 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             .is_some_and(|r| r.remote.as_ref().is_some_and(|(_, raw)| *raw)),
     };
 
+    // A directory is walked while it is read (below); a volume is known now.
     let (mut tree, total) = match &plan {
         Plan::Files { root } => {
-            let t = walk::walk(root, &excludes, o.one_file_system)?;
-            let total = t.total_bytes;
-            (t, total)
+            let md = std::fs::metadata(root).at(root)?;
+            if !md.is_dir() {
+                return Err(Error::Other(format!("{}: not a directory", root.display())));
+            }
+            (Tree::empty(), 0)
         }
         Plan::Volume { device } => (volume_tree(device)?, volume::volume_size(device)?),
     };
@@ -288,40 +299,45 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         });
     }
     let mut source_ids: Vec<(u64, u64)> = Vec::new();
-    if o.repo.is_some() {
-        source_ids = vec![(0, 0); tree.inodes.len()];
-        for f in &tree.files {
-            source_ids[f.inode as usize] = (f.dev, f.ino);
-        }
-    }
-    // Unchanged files of the parent snapshot are taken from it unread.
     let mut reused: Vec<(u32, u32)> = Vec::new();
-    if let (Some(p), Plan::Files { root }) = (parent, &plan) {
-        let files = std::mem::take(&mut tree.files);
-        for f in files {
-            match unchanged_in(p, root, &f) {
-                Some(pi) => {
-                    reused.push((f.inode, pi));
-                    tree.total_bytes = tree.total_bytes.saturating_sub(f.size);
-                }
-                None => tree.files.push(f),
-            }
-        }
-    }
-    let total = if matches!(plan, Plan::Files { .. }) {
-        tree.total_bytes
-    } else {
-        total
-    };
     let progress = Progress::new(total, o.quiet);
 
-    let mut stats = std::mem::take(&mut tree.stats);
+    let mut stats: Stats;
     match &plan {
-        Plan::Files { .. } => {
-            let files = std::mem::take(&mut tree.files);
-            let r = pipeline::run(&cfg, &mut writer, &progress, |sink| {
-                read_files(&files, sink, &progress)
-            })?;
+        Plan::Files { root } => {
+            // The walk runs on its own thread and hands each regular file
+            // to the read pass as it finds it, so compression starts with
+            // the first file instead of after the last directory.
+            let (files_tx, files_rx) = crossbeam_channel::unbounded();
+            let (walked, read) = std::thread::scope(|s| {
+                let walker = std::thread::Builder::new()
+                    .name("hbb-walk".into())
+                    .spawn_scoped(s, || {
+                        walk::walk(root, &excludes, o.one_file_system, Some(files_tx))
+                    })
+                    .expect("spawn walk thread");
+                let read = pipeline::run(&cfg, &mut writer, &progress, |sink| {
+                    read_files(
+                        files_rx,
+                        parent.map(|p| (p, root.as_path())),
+                        sink,
+                        &progress,
+                    )
+                });
+                (walker.join().expect("walk thread panicked"), read)
+            });
+            tree = walked?;
+            let r = read?;
+            stats = std::mem::take(&mut tree.stats);
+            reused = r.reused;
+            if o.repo.is_some() {
+                // Every regular file's (device, inode), by inode: what
+                // the next snapshot's "unchanged?" test compares.
+                source_ids = vec![(0, 0); tree.inodes.len()];
+                for &(ino, dev, i) in &r.ids {
+                    source_ids[ino as usize] = (dev, i);
+                }
+            }
             for (ino, extents, size) in r.stored {
                 tree.inodes[ino as usize].body = Body::File { size, extents };
             }
@@ -347,6 +363,7 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             walk::drop_inodes(&mut tree, &r.failed);
         }
         Plan::Volume { device } => {
+            stats = std::mem::take(&mut tree.stats);
             let (extents, size) = pipeline::run(&cfg, &mut writer, &progress, |sink| {
                 volume::read_volume(device, sink, &progress)
             })?;
@@ -561,6 +578,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
             inode: 1,
         }],
         files: Vec::new(),
+        stream: None,
         warnings: Vec::new(),
         stats: Stats {
             files: 1,
@@ -575,6 +593,10 @@ fn volume_tree(device: &Path) -> Result<Tree> {
 
 struct ReadResult {
     stored: Vec<(u32, Vec<Extent>, u64)>,
+    /// Files of the parent snapshot taken unread: (inode, parent's inode).
+    reused: Vec<(u32, u32)>,
+    /// Every regular file's (inode, device, inode number), reused or read.
+    ids: Vec<(u32, u64, u64)>,
     failed: Vec<u32>,
     warnings: Vec<String>,
     bytes_read: u64,
@@ -586,12 +608,15 @@ struct ReadResult {
 /// large files give identical blocks (stored once); smaller files are packed
 /// together and deduplicated whole while their bytes are still pending.
 fn read_files(
-    files: &[FileJob],
+    files: crossbeam_channel::Receiver<FileJob>,
+    parent: Option<(&Archive, &Path)>,
     sink: &mut pipeline::BlockSink,
     progress: &Progress,
 ) -> Result<ReadResult> {
     let mut r = ReadResult {
-        stored: Vec::with_capacity(files.len()),
+        stored: Vec::new(),
+        reused: Vec::new(),
+        ids: Vec::new(),
         failed: Vec::new(),
         warnings: Vec::new(),
         bytes_read: 0,
@@ -606,22 +631,33 @@ fn read_files(
     // and asks the kernel to start reading them (posix_fadvise WILLNEED),
     // so that a cold disk sees many requests at once instead of one file
     // at a time, and the reader's thread is spared the open calls.
-    let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<std::fs::File>>(PREFETCH_FILES);
+    // It also takes the files unchanged since the parent snapshot out
+    // (unopened), and grows the progress bar's total as the walk goes.
+    let (tx, rx) = crossbeam_channel::bounded::<Opened>(PREFETCH_FILES);
     std::thread::scope(|s| {
         std::thread::Builder::new()
             .name("hbb-open".into())
             .spawn_scoped(s, move || {
                 // Files come grouped by directory: each directory is looked
                 // up once and its files opened relative to it.
-                let mut dir: Option<(&Path, std::io::Result<std::os::fd::OwnedFd>)> = None;
+                let mut dir: Option<(PathBuf, std::io::Result<std::os::fd::OwnedFd>)> = None;
                 let mut cname = Vec::new();
                 for job in files {
+                    if let Some((p, root)) = parent
+                        && let Some(pi) = unchanged_in(p, root, &job)
+                    {
+                        if tx.send(Opened::Reused(job, pi)).is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    progress.grow(job.size);
                     let parent = job.path.parent().unwrap_or(Path::new("/"));
                     if dir
                         .as_ref()
                         .is_none_or(|(p, _)| p.as_os_str() != parent.as_os_str())
                     {
-                        dir = Some((parent, sys::open_dir_path(parent)));
+                        dir = Some((parent.to_path_buf(), sys::open_dir_path(parent)));
                     }
                     let name = job.path.file_name().and_then(|n| {
                         cname.clear();
@@ -646,17 +682,24 @@ fn read_files(
                             rustix::fs::Advice::WillNeed,
                         );
                     }
-                    if tx.send(f).is_err() {
+                    if tx.send(Opened::Read(job, f)).is_err() {
                         return;
                     }
                 }
             })
             .expect("spawn opener thread");
-        for job in files {
+        for opened in &rx {
+            let (job, opened) = match opened {
+                Opened::Reused(job, pi) => {
+                    r.ids.push((job.inode, job.dev, job.ino));
+                    r.reused.push((job.inode, pi));
+                    continue;
+                }
+                Opened::Read(job, f) => (job, f),
+            };
             progress.file();
-            let opened = rx
-                .recv()
-                .unwrap_or_else(|_| Err(std::io::Error::other("opener thread stopped")));
+            r.ids.push((job.inode, job.dev, job.ino));
+            let job = &job;
             match opened.and_then(|f| read_one(job, f, sink, bs, &mut seen, progress)) {
                 Ok((extents, size, read, dup, changed)) => {
                     r.bytes_read += read;
@@ -678,6 +721,14 @@ fn read_files(
         drop(rx);
     });
     Ok(r)
+}
+
+/// A file as the opener thread hands it to the reader.
+enum Opened {
+    /// To read, opened (or why not).
+    Read(FileJob, std::io::Result<std::fs::File>),
+    /// Unchanged since the parent snapshot: its inode there.
+    Reused(FileJob, u32),
 }
 
 /// How many files the opener thread may run ahead of the reader.

@@ -31,12 +31,33 @@ pub struct FileJob {
 pub struct Tree {
     pub inodes: Vec<Inode>,
     pub dirents: Vec<Dirent>,
+    /// The regular files, in walk order (empty when they were streamed).
     pub files: Vec<FileJob>,
+    /// Where the walk hands each regular file as soon as it is found, when
+    /// the read pass runs alongside it.
+    pub stream: Option<crossbeam_channel::Sender<FileJob>>,
     pub warnings: Vec<String>,
     pub stats: Stats,
     pub uids: BTreeMap<u32, ()>,
     pub gids: BTreeMap<u32, ()>,
     pub total_bytes: u64,
+}
+
+impl Tree {
+    /// No entries yet.
+    pub fn empty() -> Tree {
+        Tree {
+            inodes: Vec::new(),
+            dirents: Vec::new(),
+            files: Vec::new(),
+            stream: None,
+            warnings: Vec::new(),
+            stats: Stats::default(),
+            uids: BTreeMap::new(),
+            gids: BTreeMap::new(),
+            total_bytes: 0,
+        }
+    }
 }
 
 pub struct Excludes {
@@ -147,21 +168,24 @@ pub fn count_entries(root: &Path, limit: u64) -> u64 {
     n
 }
 
-pub fn walk(root: &Path, excludes: &Excludes, one_file_system: bool) -> Result<Tree> {
+/// Walks `root`. With `stream`, each regular file goes there as soon as it
+/// is found (in the same order) instead of into [`Tree::files`], so that
+/// reading can start while the walk goes on; the channel is closed when
+/// the walk ends.
+pub fn walk(
+    root: &Path,
+    excludes: &Excludes,
+    one_file_system: bool,
+    stream: Option<crossbeam_channel::Sender<FileJob>>,
+) -> Result<Tree> {
     let rmd = std::fs::metadata(root).at(root)?;
     if !rmd.is_dir() {
         return Err(Error::Other(format!("{}: not a directory", root.display())));
     }
     let root_dev = rmd.dev();
     let mut t = Tree {
-        inodes: Vec::new(),
-        dirents: Vec::new(),
-        files: Vec::new(),
-        warnings: Vec::new(),
-        stats: Stats::default(),
-        uids: BTreeMap::new(),
-        gids: BTreeMap::new(),
-        total_bytes: 0,
+        stream,
+        ..Tree::empty()
     };
     let xattrs = sys::read_xattrs(root).unwrap_or_else(|e| {
         t.warnings
@@ -253,6 +277,7 @@ pub fn walk(root: &Path, excludes: &Excludes, one_file_system: bool) -> Result<T
         }
         drop(req_tx);
     });
+    t.stream = None;
     Ok(t)
 }
 
@@ -421,7 +446,7 @@ fn add_entry(
         libc::S_IFREG => {
             t.stats.files += 1;
             t.total_bytes += md.size;
-            t.files.push(FileJob {
+            let job = FileJob {
                 inode: id,
                 path,
                 dev: md.dev,
@@ -430,7 +455,15 @@ fn add_entry(
                 mtime: time(md.mtime.0, md.mtime.1),
                 ctime: time(md.ctime.0, md.ctime.1),
                 sparse: md.blocks.saturating_mul(512) < md.size,
-            });
+            };
+            match &t.stream {
+                // A reader that stopped (the snapshot failed) is ignored:
+                // the walk ends soon anyway.
+                Some(tx) => {
+                    let _ = tx.send(job);
+                }
+                None => t.files.push(job),
+            }
             Body::File {
                 size: md.size,
                 extents: Vec::new(),

@@ -308,7 +308,9 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             // The walk runs on its own thread and hands each regular file
             // to the read pass as it finds it, so compression starts with
             // the first file instead of after the last directory.
-            let (files_tx, files_rx) = crossbeam_channel::unbounded();
+            // Bounded: the walk is faster than the read, and waits rather
+            // than queue every file of the tree (memory).
+            let (files_tx, files_rx) = crossbeam_channel::bounded(WALK_AHEAD);
             let (walked, read) = std::thread::scope(|s| {
                 let walker = std::thread::Builder::new()
                     .name("hbb-walk".into())
@@ -730,6 +732,9 @@ enum Opened {
     /// Unchanged since the parent snapshot: its inode there.
     Reused(FileJob, u32),
 }
+
+/// How many files the walk may find ahead of the read pass.
+const WALK_AHEAD: usize = 4096;
 
 /// How many files the opener thread may run ahead of the reader.
 const PREFETCH_FILES: usize = 128;

@@ -207,6 +207,7 @@ fn worker(
     };
     let _ = comp.include_checksum(false);
     let _ = comp.include_contentsize(true);
+    let mut scratch: Vec<u8> = Vec::new();
     for Job { index, buf, zeros } in work {
         let Some(buf) = buf else {
             let msg = Done {
@@ -230,8 +231,14 @@ fn worker(
             } else if raw {
                 Ok((hash, Payload::Raw(buf.clone())))
             } else {
-                comp.compress(&buf)
-                    .map(|f| (hash, Payload::Frame(f)))
+                // Into a scratch buffer of the worst case's size, then
+                // copied out at its real size: a frame is held until the
+                // writer takes it, and `compress` would hold a worst-case
+                // allocation (the whole block and more) for each.
+                scratch.clear();
+                scratch.reserve(zstd::zstd_safe::compress_bound(buf.len()));
+                comp.compress_to_buffer(&buf, &mut scratch)
+                    .map(|_| (hash, Payload::Frame(scratch.as_slice().to_vec())))
                     .map_err(|e| Error::Other(format!("compressing block {index}: {e}")))
             }
         };

@@ -302,10 +302,12 @@ pub fn open_noatime_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<File> {
 }
 
 /// Opens a file for reading without updating its atime when allowed, and
-/// without following a symlink in the last component.
+/// without following a symlink in the last component. Non-blocking, as
+/// [`open_noatime_at`]: a path replaced by a fifo since it was looked at
+/// gives an error on read instead of an open that never returns.
 pub fn open_noatime(path: &Path) -> io::Result<File> {
     use rustix::fs::{Mode, OFlags, open};
-    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     match open(path, flags | OFlags::NOATIME, Mode::empty()) {
         Ok(fd) => Ok(File::from(fd)),
         Err(rustix::io::Errno::PERM) => Ok(File::from(open(path, flags, Mode::empty())?)),

@@ -13,8 +13,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    /// (`err` is shown, not chained as a source: a chain printed whole,
+    /// as `{:#}` does, would say it twice.)
+    #[error("{}: {err}", path.display())]
+    Io { path: PathBuf, err: io::Error },
 
     /// The archive's structure is damaged or not an hbb archive.
     #[error("{}: {msg}", path.display())]
@@ -37,7 +39,7 @@ impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            err: source,
         }
     }
     pub fn corrupt(path: impl AsRef<Path>, msg: impl Into<String>) -> Error {

@@ -35,7 +35,7 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            || matches!(c.downcast_ref::<hbb::Error>(), Some(hbb::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<hbb::Error>(), Some(hbb::Error::Io { err, .. }) if err.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
 

@@ -124,6 +124,13 @@ fn full_destination_is_a_clear_error_and_leaves_nothing() {
     let arc = dest.join("a.hbb");
     let o = hbb(&["snapshot", s(&src), s(&arc)]);
     assert_fails(&o, 1, "No space left");
+    // Said once, naming the archive: not repeated by the error's chain.
+    let err = stderr(&o);
+    assert_eq!(err.matches("No space left").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("{}: No space left", arc.display())),
+        "{err}"
+    );
     assert!(!arc.exists());
     assert_eq!(partials(&dest), Vec::<String>::new());
     assert_eq!(blake3::hash(&fs::read(src.join("random")).unwrap()), before);

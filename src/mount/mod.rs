@@ -317,7 +317,7 @@ pub fn unmount(mp: &Path, lazy: bool) -> Result<()> {
 }
 
 fn is_busy(e: &Error) -> bool {
-    matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+    matches!(e, Error::Io { err, .. } if err.raw_os_error() == Some(libc::EBUSY))
 }
 
 /// Splits `-o` lists into the session's access rule and mount options.

@@ -260,15 +260,10 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             .is_some_and(|r| r.remote.as_ref().is_some_and(|(_, raw)| *raw)),
     };
 
-    // A directory is walked while it is read (below); a volume is known now.
+    // A directory (decide made sure) is walked while it is read, below; a
+    // volume is known now.
     let (mut tree, total) = match &plan {
-        Plan::Files { root } => {
-            let md = std::fs::metadata(root).at(root)?;
-            if !md.is_dir() {
-                return Err(Error::Other(format!("{}: not a directory", root.display())));
-            }
-            (Tree::empty(), 0)
-        }
+        Plan::Files { .. } => (Tree::empty(), 0),
         Plan::Volume { device } => (volume_tree(device)?, volume::volume_size(device)?),
     };
 
@@ -315,7 +310,7 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                 let walker = std::thread::Builder::new()
                     .name("hbb-walk".into())
                     .spawn_scoped(s, || {
-                        walk::walk(root, &excludes, o.one_file_system, Some(files_tx))
+                        walk::walk(root, &excludes, o.one_file_system, files_tx)
                     })
                     .expect("spawn walk thread");
                 let read = pipeline::run(&cfg, &mut writer, &progress, |sink| {
@@ -585,9 +580,6 @@ fn volume_tree(device: &Path) -> Result<Tree> {
             name: walk::name_of(device),
             inode: 1,
         }],
-        files: Vec::new(),
-        stream: None,
-        warnings: Vec::new(),
         stats: Stats {
             files: 1,
             dirs: 1,
@@ -595,7 +587,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
         },
         uids,
         gids,
-        total_bytes: 0,
+        ..Tree::empty()
     })
 }
 
@@ -700,20 +692,18 @@ fn read_files(
             })
             .expect("spawn opener thread");
         for opened in &rx {
+            let (Opened::Read(job, _) | Opened::Reused(job, _)) = &opened;
+            if want_ids {
+                r.ids.push((job.inode, job.dev, job.ino));
+            }
             let (job, opened) = match opened {
                 Opened::Reused(job, pi) => {
-                    if want_ids {
-                        r.ids.push((job.inode, job.dev, job.ino));
-                    }
                     r.reused.push((job.inode, pi));
                     continue;
                 }
                 Opened::Read(job, f) => (job, f),
             };
             progress.file();
-            if want_ids {
-                r.ids.push((job.inode, job.dev, job.ino));
-            }
             let job = &job;
             match opened.and_then(|f| read_one(job, f, sink, bs, &mut seen, progress)) {
                 Ok((extents, size, read, dup, changed)) => {

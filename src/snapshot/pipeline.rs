@@ -41,12 +41,12 @@ pub struct BlockSink<'a> {
     work: &'a Sender<Job>,
 }
 
-/// A block for the compressors: its bytes, or (no buffer) that it is
-/// `zeros` zero bytes nobody read.
-struct Job {
-    index: u64,
-    buf: Option<Vec<u8>>,
-    zeros: u32,
+/// A block for the compressors (its number first).
+enum Job {
+    /// Its bytes, in a buffer of the pool.
+    Bytes(u64, Vec<u8>),
+    /// That many zero bytes nobody read (a hole of the source).
+    Zeros(u64, u32),
 }
 
 fn stopped() -> Error {
@@ -147,11 +147,7 @@ impl BlockSink<'_> {
                 }
             } else {
                 self.work
-                    .send(Job {
-                        index: self.index,
-                        buf: None,
-                        zeros: self.bs as u32,
-                    })
+                    .send(Job::Zeros(self.index, self.bs as u32))
                     .map_err(|_| stopped())?;
                 self.index += 1;
                 n -= self.bs;
@@ -171,11 +167,7 @@ impl BlockSink<'_> {
     fn send(&mut self) -> std::io::Result<()> {
         let b = self.buf.take().expect("block buffer");
         self.work
-            .send(Job {
-                index: self.index,
-                buf: Some(b),
-                zeros: 0,
-            })
+            .send(Job::Bytes(self.index, b))
             .map_err(|_| std::io::Error::other(stopped()))?;
         self.index += 1;
         Ok(())
@@ -208,19 +200,22 @@ fn worker(
     let _ = comp.include_checksum(false);
     let _ = comp.include_contentsize(true);
     let mut scratch: Vec<u8> = Vec::new();
-    for Job { index, buf, zeros } in work {
-        let Some(buf) = buf else {
-            let msg = Done {
-                index,
-                len: zeros,
-                buf: None,
-                hash: [0; 32],
-                payload: Payload::Zero,
-            };
-            if done.send(Ok(msg)).is_err() {
-                return;
+    for job in work {
+        let (index, buf) = match job {
+            Job::Bytes(index, buf) => (index, buf),
+            Job::Zeros(index, zeros) => {
+                let msg = Done {
+                    index,
+                    len: zeros,
+                    buf: None,
+                    hash: [0; 32],
+                    payload: Payload::Zero,
+                };
+                if done.send(Ok(msg)).is_err() {
+                    return;
+                }
+                continue;
             }
-            continue;
         };
         let r = if is_zero(&buf) {
             Ok(([0; 32], Payload::Zero))

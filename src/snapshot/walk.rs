@@ -1,6 +1,6 @@
 //! File mode, first pass: walk the source tree in a stable order (names
 //! sorted bytewise, each directory's entries together) and record every
-//! entry's metadata. Regular files are listed for the read pass.
+//! entry's metadata. Regular files are handed to the read pass as found.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CString, OsStr};
@@ -31,16 +31,13 @@ pub struct FileJob {
 pub struct Tree {
     pub inodes: Vec<Inode>,
     pub dirents: Vec<Dirent>,
-    /// The regular files, in walk order (empty when they were streamed).
-    pub files: Vec<FileJob>,
-    /// Where the walk hands each regular file as soon as it is found, when
-    /// the read pass runs alongside it.
-    pub stream: Option<crossbeam_channel::Sender<FileJob>>,
+    /// Where the walk hands each regular file, in walk order, as soon as
+    /// it is found: the read pass runs alongside it.
+    pub files: Option<crossbeam_channel::Sender<FileJob>>,
     pub warnings: Vec<String>,
     pub stats: Stats,
     pub uids: BTreeMap<u32, ()>,
     pub gids: BTreeMap<u32, ()>,
-    pub total_bytes: u64,
 }
 
 impl Tree {
@@ -49,13 +46,11 @@ impl Tree {
         Tree {
             inodes: Vec::new(),
             dirents: Vec::new(),
-            files: Vec::new(),
-            stream: None,
+            files: None,
             warnings: Vec::new(),
             stats: Stats::default(),
             uids: BTreeMap::new(),
             gids: BTreeMap::new(),
-            total_bytes: 0,
         }
     }
 }
@@ -168,15 +163,14 @@ pub fn count_entries(root: &Path, limit: u64) -> u64 {
     n
 }
 
-/// Walks `root`. With `stream`, each regular file goes there as soon as it
-/// is found (in the same order) instead of into [`Tree::files`], so that
-/// reading can start while the walk goes on; the channel is closed when
-/// the walk ends.
+/// Walks `root`, sending each regular file to `files` as soon as it is
+/// found, in walk order, so that reading can start while the walk goes
+/// on; the channel is closed when the walk ends.
 pub fn walk(
     root: &Path,
     excludes: &Excludes,
     one_file_system: bool,
-    stream: Option<crossbeam_channel::Sender<FileJob>>,
+    files: crossbeam_channel::Sender<FileJob>,
 ) -> Result<Tree> {
     let rmd = std::fs::metadata(root).at(root)?;
     if !rmd.is_dir() {
@@ -184,7 +178,7 @@ pub fn walk(
     }
     let root_dev = rmd.dev();
     let mut t = Tree {
-        stream,
+        files: Some(files),
         ..Tree::empty()
     };
     let xattrs = sys::read_xattrs(root).unwrap_or_else(|e| {
@@ -277,7 +271,7 @@ pub fn walk(
         }
         drop(req_tx);
     });
-    t.stream = None;
+    t.files = None;
     Ok(t)
 }
 
@@ -445,7 +439,6 @@ fn add_entry(
         }
         libc::S_IFREG => {
             t.stats.files += 1;
-            t.total_bytes += md.size;
             let job = FileJob {
                 inode: id,
                 path,
@@ -456,13 +449,10 @@ fn add_entry(
                 ctime: time(md.ctime.0, md.ctime.1),
                 sparse: md.blocks.saturating_mul(512) < md.size,
             };
-            match &t.stream {
-                // A reader that stopped (the snapshot failed) is ignored:
-                // the walk ends soon anyway.
-                Some(tx) => {
-                    let _ = tx.send(job);
-                }
-                None => t.files.push(job),
+            // A reader that stopped (the snapshot failed) is ignored: the
+            // walk ends soon anyway.
+            if let Some(tx) = &t.files {
+                let _ = tx.send(job);
             }
             Body::File {
                 size: md.size,
@@ -555,10 +545,6 @@ pub fn drop_inodes(t: &mut Tree, failed: &[u32]) {
         }
         t.inodes.push(ino);
     }
-    for f in &mut t.files {
-        f.inode = map[f.inode as usize];
-    }
-    t.files.retain(|f| f.inode != u32::MAX);
 }
 
 pub fn name_of(p: &Path) -> Vec<u8> {

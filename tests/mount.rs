@@ -451,6 +451,119 @@ fn damaged_block_is_eio_for_its_file_only_and_logged() {
     );
 }
 
+/// The number of files the unmount line of `log` says were pushed ahead.
+fn pushed_files(log: &Path) -> u64 {
+    let text = fs::read_to_string(log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("unmounted; cache:"))
+        .unwrap_or_else(|| panic!("no unmount line in the log:\n{text}"));
+    let (_, after) = line
+        .split_once("read ahead; ")
+        .unwrap_or_else(|| panic!("no push counts in {line:?}"));
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn reading_a_tree_in_order_pushes_files_ahead_never_wrong_bytes() {
+    require_root();
+    let t = Tmp::new("mount-push");
+    let (src, arc, mp, log) = (t.path("src"), t.path("a.hbb"), t.path("mnt"), t.path("log"));
+    // Directories of small files (several to a 64 KiB block), each with a
+    // subdirectory in the middle of its names, as tar and cp -r meet them.
+    let mut n = 0u64;
+    for d in 0..6 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(dir.join("m-sub")).unwrap();
+        for i in 0..150 {
+            let len = 300 + (i * 997 + d * 31) % 9000;
+            write_pattern(&dir.join(format!("f{i:03}")), len, n);
+            write_pattern(&dir.join(format!("m-sub/g{i:03}")), len / 2 + 1, n + 7);
+            n += 2;
+        }
+        write_pattern(&dir.join("large"), 700_000, n);
+        fs::write(dir.join("empty"), b"").unwrap();
+    }
+    snapshot(&src, &arc, &["--mode", "file"]);
+    // One block of small files in d3 damaged.
+    let a = Archive::open(&arc).unwrap();
+    let ino = a.resolve(b"d3/f070").unwrap();
+    let Body::File { extents, .. } = &a.inode(ino).body else {
+        panic!("not a file")
+    };
+    let block = extents[0].stream / a.block_size();
+    let in_block = |name: &[u8]| {
+        let Body::File { extents, .. } = &a.inode(a.resolve(name).unwrap()).body else {
+            return false;
+        };
+        extents.iter().any(|e| {
+            e.stream / a.block_size() <= block && block <= (e.stream + e.len - 1) / a.block_size()
+        })
+    };
+    let damaged: Vec<String> = (0..150)
+        .map(|i| format!("d3/f{i:03}"))
+        .filter(|p| in_block(p.as_bytes()))
+        .collect();
+    assert!(damaged.len() >= 3, "{damaged:?}");
+    let BlockLoc::Frame { offset, clen } = a.index.blocks[block as usize].loc else {
+        panic!("block {block} has no frame")
+    };
+    drop(a);
+    flip_byte(&arc, offset + u64::from(clen) / 2);
+
+    let mut child = spawn_foreground(&arc, &mp, &log, &["--threads", "2"]);
+    let _g = Mounted::guard(&mp);
+    wait_until("mount -f ready", 20, || is_mounted(&mp));
+    // tar reads every file in directory order (and says which it could not).
+    let out = t.path("out");
+    fs::create_dir(&out).unwrap();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("tar -cf - -C \"$1\" . 2>\"$3\" | tar -xf - -C \"$2\"")
+        .args(["-", mp.to_str().unwrap(), out.to_str().unwrap()])
+        .arg(t.path("tar.err"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let errs = fs::read_to_string(t.path("tar.err")).unwrap();
+    for p in &damaged {
+        assert!(
+            errs.contains(p.as_str()),
+            "tar did not fail on {p}:\n{errs}"
+        );
+        // Never some other bytes: the damaged files stay an I/O error.
+        let e = fs::read(mp.join(p)).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{p}: {e}");
+    }
+    // Everything else is exactly the source, read through the kernel's
+    // cache as the pushes left it.
+    for p in &damaged {
+        fs::remove_file(src.join(p)).unwrap();
+        let _ = fs::remove_file(out.join(p));
+    }
+    diff_r(&src, &out);
+    kill(child.id() as i32, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    let pushed = pushed_files(&log);
+    // 1800 small files: most were in the kernel's cache before tar asked.
+    assert!(
+        pushed >= 900,
+        "only {pushed} files pushed ahead:\n{}",
+        fs::read_to_string(&log).unwrap()
+    );
+
+    // A reader of one file now and then pushes nothing.
+    let log2 = t.path("log2");
+    let mut child = spawn_foreground(&arc, &mp, &log2, &[]);
+    wait_until("mount -f ready", 20, || is_mounted(&mp));
+    for p in ["d0/f010", "d5/f100", "d1/f020"] {
+        cmp(&src.join(p), &mp.join(p));
+    }
+    kill(child.id() as i32, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(pushed_files(&log2), 0);
+}
+
 #[test]
 fn mount_errors_say_why() {
     require_root();

@@ -267,38 +267,13 @@ impl BlockCache {
     /// those cached, under way or damaged, while fewer than the read-ahead
     /// limit for its block size are queued (from all archives).
     pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
-        let sh = &*self.shared;
-        let limit = sh.prefetch_limit(origin.archive.block_size());
-        if limit == 0 || blocks.is_empty() {
-            return;
-        }
-        let mut st = lock(&sh.state);
-        let mut queued = 0;
-        for &b in blocks {
-            if st.prefetch.len() >= limit {
-                break;
-            }
-            let b = (origin.id, b);
-            if st.lru.contains(&b) || st.pending.contains_key(&b) || st.bad.contains_key(&b) {
-                continue;
-            }
-            st.pending.insert(
-                b,
-                Pending {
-                    archive: origin.archive.clone(),
-                    waiters: Vec::new(),
-                    started: false,
-                    in_demand: false,
-                },
-            );
-            st.prefetch.push_back(b);
-            queued += 1;
-        }
-        drop(st);
-        sh.prefetched.fetch_add(queued as u64, Ordering::Relaxed);
-        for _ in 0..queued {
-            sh.wake.notify_one();
-        }
+        self.shared.prefetch(origin, blocks)
+    }
+
+    /// A handle that can look into the cache and queue read-ahead from
+    /// another thread, without keeping the workers.
+    pub fn peek(&self) -> Peek {
+        Peek(self.shared.clone())
     }
 
     pub fn stats(&self) -> Stats {
@@ -333,7 +308,68 @@ impl Drop for BlockCache {
     }
 }
 
+/// See [`BlockCache::peek`].
+pub struct Peek(Arc<Shared>);
+
+impl Peek {
+    /// As [`BlockCache::prefetch`].
+    pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
+        self.0.prefetch(origin, blocks)
+    }
+
+    /// `blocks` of `origin` if every one is decoded and cached (they are
+    /// then the most recently used); otherwise None, and nothing is queued.
+    /// Not counted as hits: no reader asked for them.
+    pub fn cached(&self, origin: &Origin, blocks: &[u64]) -> Option<Vec<Data>> {
+        self.0.cached(origin, blocks)
+    }
+}
+
 impl Shared {
+    /// See [`BlockCache::prefetch`].
+    fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
+        let sh = self;
+        let limit = sh.prefetch_limit(origin.archive.block_size());
+        if limit == 0 || blocks.is_empty() {
+            return;
+        }
+        let mut st = lock(&sh.state);
+        let mut queued = 0;
+        for &b in blocks {
+            if st.prefetch.len() >= limit {
+                break;
+            }
+            let b = (origin.id, b);
+            if st.lru.contains(&b) || st.pending.contains_key(&b) || st.bad.contains_key(&b) {
+                continue;
+            }
+            st.pending.insert(
+                b,
+                Pending {
+                    archive: origin.archive.clone(),
+                    waiters: Vec::new(),
+                    started: false,
+                    in_demand: false,
+                },
+            );
+            st.prefetch.push_back(b);
+            queued += 1;
+        }
+        drop(st);
+        sh.prefetched.fetch_add(queued as u64, Ordering::Relaxed);
+        for _ in 0..queued {
+            sh.wake.notify_one();
+        }
+    }
+
+    fn cached(&self, origin: &Origin, blocks: &[u64]) -> Option<Vec<Data>> {
+        let mut st = lock(&self.state);
+        blocks
+            .iter()
+            .map(|&b| st.lru.get(&(origin.id, b)).cloned())
+            .collect()
+    }
+
     fn prefetch_limit(&self, block_size: u64) -> usize {
         let in_cache = (self.capacity / block_size.max(1)) as usize;
         // Never read ahead more than half the cache holds: prefetched

@@ -3,7 +3,8 @@
 //! ```text
 //! lookup / getattr / readdir(plus) / readlink / xattrs / statfs ─► the index, in memory
 //! read ─► plan (which bytes of which blocks, which holes) ─► cache.get ─► reply
-//!      └► sequential? ─► cache.prefetch(the file's next blocks)
+//!      ├► sequential? ─► cache.prefetch(the file's next blocks)
+//!      └► whole files in archive order? ─► push the next small files into the page cache (push.rs)
 //! ```
 //!
 //! One [`HbbFs`] serves either one archive, whose root is the mount's root,
@@ -35,6 +36,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::num::NonZeroUsize;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -48,6 +50,7 @@ use lru::LruCache;
 
 use super::Entry;
 use super::cache::{BlockCache, Data, Origin};
+use super::push::{self, Pusher};
 use crate::archive::{Archive, Block, BlockLoc, Body, Extent, Inode, MAX_NAME_LEN, Time};
 
 /// How long the kernel may trust what we tell it: the archive is immutable.
@@ -82,6 +85,11 @@ pub struct HbbFs {
     /// keeps their pages and listings cached, as `open` would tell it to).
     zero_open: bool,
     zero_opendir: bool,
+    /// Whole small files pushed into the kernel's cache ahead of readers
+    /// that go through them in order.
+    push: Pusher,
+    /// Threads of the FUSE session (pushes need two: see `Pusher::start`).
+    session_threads: usize,
 }
 
 /// The top directory of a multi-archive mount.
@@ -197,7 +205,7 @@ impl View {
     }
 
     fn ino(&self, idx: u32) -> INodeNo {
-        INodeNo(self.base + u64::from(idx) + 1)
+        INodeNo(fuse_ino(self.base, idx))
     }
 
     fn inode(&self, idx: u32) -> Result<&Inode, Errno> {
@@ -307,12 +315,25 @@ impl HbbFs {
         HbbFs {
             top,
             slots,
-            cache,
             cache_bytes,
             seq: Mutex::new(LruCache::new(SEQ_FILES)),
             zero_open: false,
             zero_opendir: false,
+            push: Pusher::new(cache.peek()),
+            session_threads: 1,
+            cache,
         }
+    }
+
+    /// Where the session's connection goes once it is made: until then,
+    /// and if it never is, nothing is pushed.
+    pub fn connection(&self) -> Arc<OnceLock<OwnedFd>> {
+        self.push.connection()
+    }
+
+    /// How many threads the FUSE session runs.
+    pub fn set_session_threads(&mut self, n: usize) {
+        self.session_threads = n;
     }
 
     /// What a FUSE inode number stands for (not checked against the index).
@@ -602,6 +623,27 @@ impl HbbFs {
         {
             self.cache.prefetch(&view.origin, &ahead.blocks);
         }
+        let push = if offset == 0 && view.readahead > 0 {
+            self.push
+                .start(&view.origin, view.base, idx, self.session_threads)
+        } else {
+            None
+        };
+        match push {
+            // The first few before the reply wakes the reader, the rest after.
+            Some(mut push) => {
+                let more = push.some(push::PUSH_FIRST);
+                self.answer(view, idx, plan, reply);
+                if more {
+                    push.some(usize::MAX);
+                }
+            }
+            None => self.answer(view, idx, plan, reply),
+        }
+    }
+
+    /// Replies to a read planned by `plan_read`.
+    fn answer(&self, view: &View, idx: u32, plan: Plan, reply: ReplyData) {
         if plan.blocks.is_empty() {
             return reply.data(&vec![0u8; plan.len]);
         }
@@ -719,10 +761,22 @@ impl Filesystem for HbbFs {
 
     fn destroy(&mut self) {
         let s = self.cache.stats();
+        let p = self.push.stats();
         super::log(&format!(
             "unmounted; cache: {} hits, {} misses ({} joined a decode under way), \
-             {} blocks decoded, {} read ahead",
-            s.hits, s.misses, s.joined, s.decoded, s.prefetched
+             {} blocks decoded, {} read ahead; {} files ({} bytes) pushed ahead of \
+             readers in {} pushes ({} stopped at an inode the kernel did not hold yet, \
+             {} at a block not decoded yet)",
+            s.hits,
+            s.misses,
+            s.joined,
+            s.decoded,
+            s.prefetched,
+            p.files,
+            p.bytes,
+            p.pushes,
+            p.unknown,
+            p.uncached
         ));
     }
 
@@ -1017,6 +1071,12 @@ fn hole_at(extents: &[Extent], off: u64, size: u64) -> u64 {
     pos.min(size)
 }
 
+/// The FUSE inode number of inode `idx` of the archive whose numbers start
+/// after `base`.
+pub(crate) fn fuse_ino(base: u64, idx: u32) -> u64 {
+    base + u64::from(idx) + 1
+}
+
 /// One piece of a read's reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Piece {
@@ -1064,7 +1124,7 @@ impl Plan {
     }
 
     /// The reply as one slice of one block, when it is exactly that.
-    fn single<'d>(&self, data: &'d [Data]) -> Option<&'d [u8]> {
+    pub(crate) fn single<'d>(&self, data: &'d [Data]) -> Option<&'d [u8]> {
         match self.pieces[..] {
             [Piece::Data { slot, at, len }] => data.get(slot)?.get(at..at.checked_add(len)?),
             _ => None,

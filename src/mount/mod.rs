@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod fs;
 pub mod helper;
+mod push;
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -162,7 +163,9 @@ pub fn mount(opts: Options) -> Result<()> {
         config.mount_options.push(o);
     }
     config.acl = acl;
-    config.n_threads = Some(opts.threads.clamp(1, MAX_SESSION_THREADS));
+    // Two at least, so that one is free to answer a read while the other
+    // pushes files ahead of a reader (see push.rs), even with one worker.
+    config.n_threads = Some(opts.threads.clamp(2, MAX_SESSION_THREADS));
     config.clone_fd = true;
     let p = Prepared {
         served,
@@ -510,7 +513,7 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
     // Before any thread starts, so that all inherit the mask and only the
     // signal thread takes these signals.
     let signals = block_signals();
-    let fs = match p.served {
+    let mut fs = match p.served {
         Served::One(archive) => fs::HbbFs::new(archive, p.cache_bytes, p.threads),
         Served::Many(entries) => fs::HbbFs::many(entries, p.cache_bytes, p.threads),
         Served::Lazy(open) => {
@@ -521,6 +524,8 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
         }
     }
     .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
+    fs.set_session_threads(p.config.n_threads.unwrap_or(1));
+    let conn = fs.connection();
     let session = fuser::Session::new(fs, &p.mountpoint, &p.config).map_err(|e| {
         let hint = if crate::sys::is_root() {
             ""
@@ -532,6 +537,10 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
             p.mountpoint.display()
         ))
     })?;
+    // Pushes of files ahead of a reader go to the session's connection.
+    if let Ok(fd) = session.as_fd().try_clone_to_owned() {
+        let _ = conn.set(fd);
+    }
     // The mount is in place and the kernel's INIT answered: it works.
     match ready {
         Some(r) => {

@@ -336,6 +336,13 @@ impl HbbFs {
         self.session_threads = n;
     }
 
+    /// Never push files into the kernel's cache: with `allow_root` (or
+    /// `auto_unmount`) other users could read pushed pages nobody asked
+    /// the mount for.
+    pub fn no_push(&self) {
+        self.push.disable();
+    }
+
     /// What a FUSE inode number stands for (not checked against the index).
     fn loc(&self, ino: INodeNo) -> Result<Loc, Errno> {
         if self.top.is_none() {
@@ -632,10 +639,10 @@ impl HbbFs {
         match push {
             // The first few before the reply wakes the reader, the rest after.
             Some(mut push) => {
-                let more = push.some(push::PUSH_FIRST);
+                let more = push.some(push::PUSH_FIRST, false);
                 self.answer(view, idx, plan, reply);
                 if more {
-                    push.some(usize::MAX);
+                    push.some(usize::MAX, true);
                 }
             }
             None => self.answer(view, idx, plan, reply),
@@ -765,8 +772,7 @@ impl Filesystem for HbbFs {
         super::log(&format!(
             "unmounted; cache: {} hits, {} misses ({} joined a decode under way), \
              {} blocks decoded, {} read ahead; {} files ({} bytes) pushed ahead of \
-             readers in {} pushes ({} stopped at an inode the kernel did not hold yet, \
-             {} at a block not decoded yet)",
+             readers in {} pushes ({} stopped at an inode the kernel did not hold yet)",
             s.hits,
             s.misses,
             s.joined,
@@ -775,39 +781,38 @@ impl Filesystem for HbbFs {
             p.files,
             p.bytes,
             p.pushes,
-            p.unknown,
-            p.uncached
+            p.unknown
         ));
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.do_lookup(parent, name) {
+        guard(|| match self.do_lookup(parent, name) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.loc(ino).and_then(|l| self.attr(l)) {
+        guard(|| match self.loc(ino).and_then(|l| self.attr(l)) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.stored(ino).map(|i| i.map(|i| &i.body)) {
+        guard(|| match self.stored(ino).map(|i| i.map(|i| &i.body)) {
             Ok(Some(Body::Symlink { target })) => reply.data(target),
             Ok(_) => reply.error(Errno::EINVAL),
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino, flags) {
+        guard(|| match self.do_open(ino, flags) {
             Ok(()) if self.zero_open => reply.error(Errno::ENOSYS),
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn read(
@@ -821,18 +826,20 @@ impl Filesystem for HbbFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.do_read(ino, offset, size, reply);
+        guard(|| {
+            self.do_read(ino, offset, size, reply);
+        })
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.dir(ino) {
+        guard(|| match self.dir(ino) {
             Ok(_) if self.zero_opendir => reply.error(Errno::ENOSYS),
             Ok(_) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
             Err(e) => reply.error(e),
-        }
+        })
     }
 
     fn readdir(
@@ -843,20 +850,22 @@ impl Filesystem for HbbFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.entries(ino, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        for (next, loc, name) in entries {
-            let attr = match self.attr(loc) {
-                Ok(a) => a,
+        guard(|| {
+            let entries = match self.entries(ino, offset) {
+                Ok(e) => e,
                 Err(e) => return reply.error(e),
             };
-            if reply.add(attr.ino, next, attr.kind, OsStr::from_bytes(name)) {
-                break;
+            for (next, loc, name) in entries {
+                let attr = match self.attr(loc) {
+                    Ok(a) => a,
+                    Err(e) => return reply.error(e),
+                };
+                if reply.add(attr.ino, next, attr.kind, OsStr::from_bytes(name)) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        })
     }
 
     fn readdirplus(
@@ -867,68 +876,76 @@ impl Filesystem for HbbFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.entries(ino, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(e),
-        };
-        for (next, loc, name) in entries {
-            let attr = match self.attr(loc) {
-                Ok(a) => a,
+        guard(|| {
+            let entries = match self.entries(ino, offset) {
+                Ok(e) => e,
                 Err(e) => return reply.error(e),
             };
-            if reply.add(
-                attr.ino,
-                next,
-                OsStr::from_bytes(name),
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
-                break;
+            for (next, loc, name) in entries {
+                let attr = match self.attr(loc) {
+                    Ok(a) => a,
+                    Err(e) => return reply.error(e),
+                };
+                if reply.add(
+                    attr.ino,
+                    next,
+                    OsStr::from_bytes(name),
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                ) {
+                    break;
+                }
             }
-        }
-        reply.ok();
+            reply.ok();
+        })
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let (bytes, files) = match self.do_statfs(ino) {
-            Ok(n) => n,
-            Err(e) => return reply.error(e),
-        };
-        reply.statfs(
-            bytes.div_ceil(4096),
-            0,
-            0,
-            files,
-            0,
-            4096,
-            MAX_NAME_LEN as u32,
-            4096,
-        );
+        guard(|| {
+            let (bytes, files) = match self.do_statfs(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(e),
+            };
+            reply.statfs(
+                bytes.div_ceil(4096),
+                0,
+                0,
+                files,
+                0,
+                4096,
+                MAX_NAME_LEN as u32,
+                4096,
+            );
+        })
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let xattrs = match self.stored(ino) {
-            Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
-            Err(e) => return reply.error(e),
-        };
-        match xattrs.iter().find(|x| x.name == name.as_bytes()) {
-            Some(x) => Self::xattr_reply(&x.value, size, reply),
-            None => reply.error(Errno::NO_XATTR),
-        }
+        guard(|| {
+            let xattrs = match self.stored(ino) {
+                Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
+                Err(e) => return reply.error(e),
+            };
+            match xattrs.iter().find(|x| x.name == name.as_bytes()) {
+                Some(x) => Self::xattr_reply(&x.value, size, reply),
+                None => reply.error(Errno::NO_XATTR),
+            }
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let xattrs = match self.stored(ino) {
-            Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
-            Err(e) => return reply.error(e),
-        };
-        let mut names = Vec::new();
-        for x in xattrs {
-            names.extend_from_slice(&x.name);
-            names.push(0);
-        }
-        Self::xattr_reply(&names, size, reply);
+        guard(|| {
+            let xattrs = match self.stored(ino) {
+                Ok(i) => i.map_or(&[][..], |i| &i.xattrs),
+                Err(e) => return reply.error(e),
+            };
+            let mut names = Vec::new();
+            for x in xattrs {
+                names.extend_from_slice(&x.name);
+                names.push(0);
+            }
+            Self::xattr_reply(&names, size, reply);
+        })
     }
 
     fn lseek(
@@ -940,10 +957,10 @@ impl Filesystem for HbbFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.do_lseek(ino, offset, whence) {
+        guard(|| match self.do_lseek(ino, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(e),
-        }
+        })
     }
 }
 
@@ -1014,6 +1031,15 @@ impl Reporter {
             String::from_utf8_lossy(&path),
             self.base + u64::from(idx) + 1
         )
+    }
+}
+
+/// Runs a request's handler; a panic in it is logged and its reply, dropped
+/// unsent, answers EIO, but the session thread lives on: a push waits for
+/// reads that another session thread must answer (see push.rs).
+fn guard(handler: impl FnOnce()) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)).is_err() {
+        super::log("a request's handler panicked (a bug): it was answered EIO");
     }
 }
 

@@ -525,6 +525,9 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
     }
     .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
     fs.set_session_threads(p.config.n_threads.unwrap_or(1));
+    if p.config.acl == fuser::SessionACL::RootAndOwner {
+        fs.no_push();
+    }
     let conn = fs.connection();
     let session = fuser::Session::new(fs, &p.mountpoint, &p.config).map_err(|e| {
         let hint = if crate::sys::is_root() {

@@ -15,8 +15,8 @@
 //!
 //! ```text
 //! READ(file i, offset 0) ─► follows the last one? ─► push i+1..i+PUSH_FIRST ─► reply ─► push the rest
-//!                           (files ≤ PUSH_FILE_MAX, cached blocks only, ≤ PUSH_BYTES, ≤ PUSH_FILES;
-//!                            at the first block not decoded: prefetch, stop)
+//!                           (files ≤ PUSH_FILE_MAX, ≤ PUSH_BYTES, ≤ PUSH_FILES; before the reply
+//!                            only from decoded blocks, after it waiting for decodes)
 //! ```
 //!
 //! The first few files are pushed before the READ is answered, so that the
@@ -32,6 +32,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::cache::{Origin, Peek};
@@ -110,6 +111,9 @@ pub struct Pusher {
     busy: Mutex<()>,
     cache: Peek,
     stats: Mutex<Stats>,
+    /// Off for a mount whose other users must see nothing: pushed pages
+    /// are read from the kernel's cache without asking the mount.
+    off: AtomicBool,
 }
 
 /// Counters, for the foreground summary.
@@ -120,8 +124,6 @@ pub struct Stats {
     pub bytes: u64,
     /// Pushes that stopped at an inode the kernel did not hold.
     pub unknown: u64,
-    /// Pushes that stopped at a block not decoded yet.
-    pub uncached: u64,
 }
 
 /// One push under way: the files claimed, and how far it has got.
@@ -148,6 +150,7 @@ impl Pusher {
             busy: Mutex::new(()),
             cache,
             stats: Mutex::new(Stats::default()),
+            off: AtomicBool::new(false),
         }
     }
 
@@ -161,6 +164,11 @@ impl Pusher {
         *lock(&self.stats)
     }
 
+    /// Never push (see `Pusher::off`).
+    pub fn disable(&self) {
+        self.off.store(true, Ordering::Relaxed);
+    }
+
     /// Notes a read from the start of file `idx` of `origin` (FUSE inodes
     /// from `base`); when it continues a walk through the files in order,
     /// claims the files that come next and returns the push of them.
@@ -169,7 +177,8 @@ impl Pusher {
     /// needs a session thread to be answered; so one session thread at a
     /// time pushes (another finding it busy pushes nothing: the files just
     /// ahead are being pushed already), and with a single session thread
-    /// nothing is pushed.
+    /// nothing is pushed. A handler that panics must not end its thread
+    /// (see `HbbFs`'s handlers): a push could then wait for ever.
     pub fn start<'p>(
         &'p self,
         origin: &'p Origin,
@@ -178,6 +187,9 @@ impl Pusher {
         session_threads: usize,
     ) -> Option<Push<'p>> {
         let conn = self.conn.get()?;
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
         let mut walks = lock(&self.walks);
         let walk = walks.entry(origin.id).or_default();
         let from = walk.read(idx)?;
@@ -218,34 +230,52 @@ impl Pusher {
 }
 
 impl Push<'_> {
-    /// Pushes up to `n` more files; false once the push is over.
-    pub fn some(&mut self, n: usize) -> bool {
+    /// Pushes up to `n` more files; false once the push is over. Before
+    /// the reply (`wait` false) it stops at a block not decoded yet, and
+    /// has it decoded; after (`wait` true) it waits for such blocks: the
+    /// decode workers need no session thread, and the other session
+    /// threads answer reads meanwhile.
+    pub fn some(&mut self, n: usize, wait: bool) -> bool {
         let a = &self.origin.archive;
         let (bs, blocks) = (a.block_size(), &a.index.blocks);
         let until = self.next.saturating_add(n).min(self.files.len());
         while self.stopped.is_none() && self.next < until {
             let (idx, size, extents) = self.files[self.next];
-            self.next += 1;
             let Ok(plan) = plan_read(bs, blocks, size, extents, 0, size) else {
+                self.next += 1;
                 continue; // its READ will say what is wrong
             };
-            let Some(data) = self.pusher.cache.cached(self.origin, &plan.blocks) else {
-                // Decoded for the next push (and for the reader, if faster).
-                let mut want = Vec::new();
-                for &(_, size, extents) in &self.files[self.next - 1..] {
-                    if let Ok(p) = plan_read(bs, blocks, size, extents, 0, size) {
-                        for b in p.blocks {
-                            if !want.contains(&b) {
-                                want.push(b);
-                            }
+            let data = match self.pusher.cache.cached(self.origin, &plan.blocks) {
+                Some(d) => d,
+                None if !wait => {
+                    self.pusher.cache.prefetch(self.origin, &plan.blocks);
+                    return true;
+                }
+                None => {
+                    let (tx, rx) = crossbeam_channel::bounded(1);
+                    self.pusher.cache.get(
+                        self.origin,
+                        &plan.blocks,
+                        Box::new(move |r| {
+                            let _ = tx.send(r);
+                        }),
+                    );
+                    match rx.recv() {
+                        Ok(Ok(d)) => d,
+                        // Damaged: never pushed; its READ fails with EIO.
+                        Ok(Err(_)) => {
+                            self.next += 1;
+                            continue;
+                        }
+                        // The cache is shutting down.
+                        Err(_) => {
+                            self.stopped = Some(idx);
+                            break;
                         }
                     }
                 }
-                self.pusher.cache.prefetch(self.origin, &want);
-                lock(&self.pusher.stats).uncached += 1;
-                self.stopped = Some(idx);
-                break;
             };
+            self.next += 1;
             let ino = fuse_ino(self.base, idx);
             let sent = match plan.single(&data) {
                 Some(slice) => store(self.conn, ino, 0, slice),

@@ -3,7 +3,7 @@
 # borg and restic, side by side, in one run, as ratios.
 #
 # On a fresh Debian 12 machine with Rust, as root:
-#   scripts/bench.sh                  # everything: ~35 min on 2 cores; writes docs/BENCHMARKS.md + docs/bench-*.png
+#   scripts/bench.sh                  # everything: ~45 min on 2 cores; writes docs/BENCHMARKS.md + docs/bench-*.png
 #   scripts/bench.sh --quick          # small corpora, few points, one repetition: ~2.5 min, to check
 #                                     # that the script works; writes into CACHE/quick/, not docs/
 #   scripts/bench.sh --only mount     # one figure (snapshot|restore|mount|sweep|scale|incremental|remote), repeatable;

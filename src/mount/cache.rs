@@ -187,79 +187,6 @@ impl BlockCache {
     /// otherwise on a worker thread once the missing ones are decoded, or
     /// with the error of the first one found damaged.
     pub fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
-        self.shared.get(origin, blocks, done)
-    }
-
-    /// Queues `blocks` of `origin` for decoding ahead of need, skipping
-    /// those cached, under way or damaged, while fewer than the read-ahead
-    /// limit for its block size are queued (from all archives).
-    pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
-        self.shared.prefetch(origin, blocks)
-    }
-
-    /// A handle that can look into the cache and queue read-ahead from
-    /// another thread, without keeping the workers.
-    pub fn peek(&self) -> Peek {
-        Peek(self.shared.clone())
-    }
-
-    pub fn stats(&self) -> Stats {
-        let sh = &*self.shared;
-        let st = lock(&sh.state);
-        Stats {
-            hits: sh.hits.load(Ordering::Relaxed),
-            misses: sh.misses.load(Ordering::Relaxed),
-            joined: sh.joined.load(Ordering::Relaxed),
-            decoded: sh.decoded.load(Ordering::Relaxed),
-            prefetched: sh.prefetched.load(Ordering::Relaxed),
-            cached_blocks: st.lru.len() as u64,
-            cached_bytes: st.bytes,
-        }
-    }
-}
-
-impl Drop for BlockCache {
-    fn drop(&mut self) {
-        lock(&self.shared.state).shutdown = true;
-        self.shared.wake.notify_all();
-        let me = std::thread::current().id();
-        for h in self.workers.drain(..) {
-            // The last owner may be a worker finishing a reply: it cannot
-            // join itself, and it stops on its own at the shutdown flag.
-            if h.thread().id() != me {
-                let _ = h.join();
-            }
-        }
-        // Readers still waiting are dropped with their replies, which
-        // answer EIO on drop.
-    }
-}
-
-/// See [`BlockCache::peek`].
-pub struct Peek(Arc<Shared>);
-
-impl Peek {
-    /// As [`BlockCache::get`].
-    pub fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
-        self.0.get(origin, blocks, done)
-    }
-
-    /// As [`BlockCache::prefetch`].
-    pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
-        self.0.prefetch(origin, blocks)
-    }
-
-    /// `blocks` of `origin` if every one is decoded and cached (they are
-    /// then the most recently used); otherwise None, and nothing is queued.
-    /// Not counted as hits: no reader asked for them.
-    pub fn cached(&self, origin: &Origin, blocks: &[u64]) -> Option<Vec<Data>> {
-        self.0.cached(origin, blocks)
-    }
-}
-
-impl Shared {
-    /// See [`BlockCache::get`].
-    fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
         debug_assert!(
             blocks
                 .iter()
@@ -267,7 +194,7 @@ impl Shared {
                 .all(|(i, b)| !blocks[..i].contains(b)),
             "blocks must be distinct"
         );
-        let sh = self;
+        let sh = &*self.shared;
         let mut st = lock(&sh.state);
         let mut slots = Vec::with_capacity(blocks.len());
         let mut missing = Vec::new();
@@ -336,9 +263,11 @@ impl Shared {
         }
     }
 
-    /// See [`BlockCache::prefetch`].
-    fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
-        let sh = self;
+    /// Queues `blocks` of `origin` for decoding ahead of need, skipping
+    /// those cached, under way or damaged, while fewer than the read-ahead
+    /// limit for its block size are queued (from all archives).
+    pub fn prefetch(&self, origin: &Origin, blocks: &[u64]) {
+        let sh = &*self.shared;
         let limit = sh.prefetch_limit(origin.archive.block_size());
         if limit == 0 || blocks.is_empty() {
             return;
@@ -372,14 +301,50 @@ impl Shared {
         }
     }
 
-    fn cached(&self, origin: &Origin, blocks: &[u64]) -> Option<Vec<Data>> {
-        let mut st = lock(&self.state);
+    /// `blocks` of `origin` if every one is decoded and cached (they are
+    /// then the most recently used); otherwise None, and nothing is queued.
+    /// Not counted as hits: no reader asked for them.
+    pub fn cached(&self, origin: &Origin, blocks: &[u64]) -> Option<Vec<Data>> {
+        let mut st = lock(&self.shared.state);
         blocks
             .iter()
             .map(|&b| st.lru.get(&(origin.id, b)).cloned())
             .collect()
     }
 
+    pub fn stats(&self) -> Stats {
+        let sh = &*self.shared;
+        let st = lock(&sh.state);
+        Stats {
+            hits: sh.hits.load(Ordering::Relaxed),
+            misses: sh.misses.load(Ordering::Relaxed),
+            joined: sh.joined.load(Ordering::Relaxed),
+            decoded: sh.decoded.load(Ordering::Relaxed),
+            prefetched: sh.prefetched.load(Ordering::Relaxed),
+            cached_blocks: st.lru.len() as u64,
+            cached_bytes: st.bytes,
+        }
+    }
+}
+
+impl Drop for BlockCache {
+    fn drop(&mut self) {
+        lock(&self.shared.state).shutdown = true;
+        self.shared.wake.notify_all();
+        let me = std::thread::current().id();
+        for h in self.workers.drain(..) {
+            // The last owner may be a worker finishing a reply: it cannot
+            // join itself, and it stops on its own at the shutdown flag.
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+        // Readers still waiting are dropped with their replies, which
+        // answer EIO on drop.
+    }
+}
+
+impl Shared {
     fn prefetch_limit(&self, block_size: u64) -> usize {
         let in_cache = (self.capacity / block_size.max(1)) as usize;
         // Never read ahead more than half the cache holds: prefetched

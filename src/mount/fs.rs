@@ -88,8 +88,6 @@ pub struct HbbFs {
     /// Whole small files pushed into the kernel's cache ahead of readers
     /// that go through them in order.
     push: Pusher,
-    /// Threads of the FUSE session (pushes need two: see `Pusher::start`).
-    session_threads: usize,
 }
 
 /// The top directory of a multi-archive mount.
@@ -319,8 +317,7 @@ impl HbbFs {
             seq: Mutex::new(LruCache::new(SEQ_FILES)),
             zero_open: false,
             zero_opendir: false,
-            push: Pusher::new(cache.peek()),
-            session_threads: 1,
+            push: Pusher::new(),
             cache,
         }
     }
@@ -331,14 +328,10 @@ impl HbbFs {
         self.push.connection()
     }
 
-    /// How many threads the FUSE session runs.
-    pub fn set_session_threads(&mut self, n: usize) {
-        self.session_threads = n;
-    }
-
     /// Never push files into the kernel's cache: with `allow_root` (or
     /// `auto_unmount`) other users could read pushed pages nobody asked
-    /// the mount for.
+    /// the mount for, and with one session thread a push could wait for
+    /// a read nobody is left to answer.
     pub fn no_push(&self) {
         self.push.disable();
     }
@@ -631,8 +624,7 @@ impl HbbFs {
             self.cache.prefetch(&view.origin, &ahead.blocks);
         }
         let push = if offset == 0 && view.readahead > 0 {
-            self.push
-                .start(&view.origin, view.base, idx, self.session_threads)
+            self.push.start(&self.cache, &view.origin, view.base, idx)
         } else {
             None
         };

@@ -513,7 +513,7 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
     // Before any thread starts, so that all inherit the mask and only the
     // signal thread takes these signals.
     let signals = block_signals();
-    let mut fs = match p.served {
+    let fs = match p.served {
         Served::One(archive) => fs::HbbFs::new(archive, p.cache_bytes, p.threads),
         Served::Many(entries) => fs::HbbFs::many(entries, p.cache_bytes, p.threads),
         Served::Lazy(open) => {
@@ -524,8 +524,7 @@ fn serve(p: Prepared, ready: Option<&mut Ready>) -> Result<()> {
         }
     }
     .map_err(|e| Error::Other(format!("cannot start the decompression threads: {e}")))?;
-    fs.set_session_threads(p.config.n_threads.unwrap_or(1));
-    if p.config.acl == fuser::SessionACL::RootAndOwner {
+    if p.config.acl == fuser::SessionACL::RootAndOwner || p.config.n_threads.unwrap_or(1) < 2 {
         fs.no_push();
     }
     let conn = fs.connection();

@@ -35,7 +35,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use super::cache::{Origin, Peek};
+use super::cache::{BlockCache, Origin};
 use super::fs::{fuse_ino, plan_read};
 use crate::archive::{Body, Extent};
 
@@ -109,7 +109,6 @@ pub struct Pusher {
     walks: Mutex<HashMap<u32, Walk>>,
     /// Held by the one session thread that pushes (see [`Pusher::start`]).
     busy: Mutex<()>,
-    cache: Peek,
     stats: Mutex<Stats>,
     /// Off for a mount whose other users must see nothing: pushed pages
     /// are read from the kernel's cache without asking the mount.
@@ -129,6 +128,7 @@ pub struct Stats {
 /// One push under way: the files claimed, and how far it has got.
 pub struct Push<'p> {
     pusher: &'p Pusher,
+    cache: &'p BlockCache,
     _busy: MutexGuard<'p, ()>,
     conn: &'p OwnedFd,
     origin: &'p Origin,
@@ -141,14 +141,12 @@ pub struct Push<'p> {
 }
 
 impl Pusher {
-    /// Pushes through `cache`'s decoded blocks, once [`Pusher::connection`]
-    /// is set.
-    pub fn new(cache: Peek) -> Pusher {
+    /// Pushes nothing until [`Pusher::connection`] is set.
+    pub fn new() -> Pusher {
         Pusher {
             conn: Arc::new(OnceLock::new()),
             walks: Mutex::new(HashMap::new()),
             busy: Mutex::new(()),
-            cache,
             stats: Mutex::new(Stats::default()),
             off: AtomicBool::new(false),
         }
@@ -164,27 +162,29 @@ impl Pusher {
         *lock(&self.stats)
     }
 
-    /// Never push (see `Pusher::off`).
+    /// Never push: for a mount whose other users must see nothing, or one
+    /// with a single session thread (see [`Pusher::start`]).
     pub fn disable(&self) {
         self.off.store(true, Ordering::Relaxed);
     }
 
     /// Notes a read from the start of file `idx` of `origin` (FUSE inodes
     /// from `base`); when it continues a walk through the files in order,
-    /// claims the files that come next and returns the push of them.
+    /// claims the files that come next and returns the push of them, from
+    /// `cache`'s blocks.
     ///
     /// A push waits for any page a READ in flight holds, and that READ
     /// needs a session thread to be answered; so one session thread at a
     /// time pushes (another finding it busy pushes nothing: the files just
-    /// ahead are being pushed already), and with a single session thread
-    /// nothing is pushed. A handler that panics must not end its thread
+    /// ahead are being pushed already), and a mount with a single session
+    /// thread is told not to push. A handler that panics must not end its thread
     /// (see `HbbFs`'s handlers): a push could then wait for ever.
     pub fn start<'p>(
         &'p self,
+        cache: &'p BlockCache,
         origin: &'p Origin,
         base: u64,
         idx: u32,
-        session_threads: usize,
     ) -> Option<Push<'p>> {
         let conn = self.conn.get()?;
         if self.off.load(Ordering::Relaxed) {
@@ -193,9 +193,6 @@ impl Pusher {
         let mut walks = lock(&self.walks);
         let walk = walks.entry(origin.id).or_default();
         let from = walk.read(idx)?;
-        if session_threads < 2 {
-            return None;
-        }
         let busy = self.busy.try_lock().ok()?;
         let inodes = &origin.archive.index.inodes;
         let last = (inodes.len() as u64).min(u64::from(from) + u64::from(PUSH_SCAN)) as u32;
@@ -217,6 +214,7 @@ impl Pusher {
         lock(&self.stats).pushes += 1;
         Some(Push {
             pusher: self,
+            cache,
             _busy: busy,
             conn,
             origin,
@@ -245,15 +243,15 @@ impl Push<'_> {
                 self.next += 1;
                 continue; // its READ will say what is wrong
             };
-            let data = match self.pusher.cache.cached(self.origin, &plan.blocks) {
+            let data = match self.cache.cached(self.origin, &plan.blocks) {
                 Some(d) => d,
                 None if !wait => {
-                    self.pusher.cache.prefetch(self.origin, &plan.blocks);
+                    self.cache.prefetch(self.origin, &plan.blocks);
                     return true;
                 }
                 None => {
                     let (tx, rx) = crossbeam_channel::bounded(1);
-                    self.pusher.cache.get(
+                    self.cache.get(
                         self.origin,
                         &plan.blocks,
                         Box::new(move |r| {

@@ -565,6 +565,56 @@ fn reading_a_tree_in_order_pushes_files_ahead_never_wrong_bytes() {
 }
 
 #[test]
+fn a_reader_entering_a_directory_finds_its_files_pushed() {
+    require_root();
+    let t = Tmp::new("mount-push-dirs");
+    let (src, arc, mp, log) = (t.path("src"), t.path("a.hbb"), t.path("mnt"), t.path("log"));
+    // Many directories of four small files: a push stops at the end of
+    // each (the kernel holds the next one's inodes only once it is listed),
+    // and goes on when tar lists the next. Without that, tar itself asks
+    // for each directory's first file: at most 3 of 4 would be pushed.
+    let dirs = 250u64;
+    for d in 0..dirs {
+        let dir = src.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..4 {
+            write_pattern(
+                &dir.join(format!("f{i}")),
+                (200 + (d * 131 + i * 17) % 3000) as usize,
+                d * 4 + i,
+            );
+        }
+    }
+    snapshot(&src, &arc, &["--mode", "file"]);
+    let mut child = spawn_foreground(&arc, &mp, &log, &["--threads", "2"]);
+    let _g = Mounted::guard(&mp);
+    wait_until("mount -f ready", 20, || is_mounted(&mp));
+    let out = t.path("out");
+    fs::create_dir(&out).unwrap();
+    let o = Command::new("bash")
+        .arg("-c")
+        .arg("tar -cf - -C \"$1\" . | tar -xf - -C \"$2\"")
+        .args(["-", mp.to_str().unwrap(), out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    diff_r(&src, &out);
+    kill(child.id() as i32, libc::SIGTERM);
+    assert!(child.wait().unwrap().success());
+    let pushed = pushed_files(&log);
+    let text = fs::read_to_string(&log).unwrap();
+    assert!(
+        pushed * 100 >= dirs * 4 * 85,
+        "only {pushed} of {} files pushed ahead:\n{text}",
+        dirs * 4
+    );
+    assert!(
+        !text.contains(" 0 went on at a directory listing"),
+        "no push went on at a listing:\n{text}"
+    );
+}
+
+#[test]
 fn mount_errors_say_why() {
     require_root();
     let t = Tmp::new("mount-errors");

@@ -641,6 +641,45 @@ impl HbbFs {
         }
     }
 
+    /// Sends a directory listing's reply (`reply`), for a listing that
+    /// goes on from `offset`. The kernel asks for more only once it has
+    /// taken in the entries before `offset`, so it now holds their inodes;
+    /// when a reader's walk through the files in order stopped among them
+    /// (its push found an inode the kernel did not hold yet), it goes on:
+    /// the first few files before the reply, the rest after, as for a read.
+    fn answer_listing(&self, ino: INodeNo, offset: u64, reply: impl FnOnce()) {
+        let push = match self.loc(ino) {
+            Ok(Loc::In { k, idx }) if offset > 2 => self.view(k).ok().and_then(|view| {
+                let dir = view.dir(idx).ok()?;
+                let known = view.archive().children(dir);
+                let known = known.get(..(offset - 2) as usize).unwrap_or(known);
+                let (first, last) = (known.first()?.inode, known.last()?.inode);
+                (view.readahead > 0)
+                    .then(|| {
+                        self.push.listed(
+                            &self.cache,
+                            &view.origin,
+                            view.base,
+                            first.min(last),
+                            first.max(last),
+                        )
+                    })
+                    .flatten()
+            }),
+            _ => None,
+        };
+        match push {
+            Some(mut push) => {
+                let more = push.some(push::PUSH_FIRST, false);
+                reply();
+                if more {
+                    push.some(usize::MAX, true);
+                }
+            }
+            None => reply(),
+        }
+    }
+
     /// Replies to a read planned by `plan_read`.
     fn answer(&self, view: &View, idx: u32, plan: Plan, reply: ReplyData) {
         if plan.blocks.is_empty() {
@@ -764,7 +803,8 @@ impl Filesystem for HbbFs {
         super::log(&format!(
             "unmounted; cache: {} hits, {} misses ({} joined a decode under way), \
              {} blocks decoded, {} read ahead; {} files ({} bytes) pushed ahead of \
-             readers in {} pushes ({} stopped at an inode the kernel did not hold yet)",
+             readers in {} pushes ({} stopped at an inode the kernel did not hold yet, \
+             {} went on at a directory listing)",
             s.hits,
             s.misses,
             s.joined,
@@ -773,7 +813,8 @@ impl Filesystem for HbbFs {
             p.files,
             p.bytes,
             p.pushes,
-            p.unknown
+            p.unknown,
+            p.listed
         ));
     }
 
@@ -856,7 +897,7 @@ impl Filesystem for HbbFs {
                     break;
                 }
             }
-            reply.ok();
+            self.answer_listing(ino, offset, || reply.ok());
         })
     }
 
@@ -889,7 +930,7 @@ impl Filesystem for HbbFs {
                     break;
                 }
             }
-            reply.ok();
+            self.answer_listing(ino, offset, || reply.ok());
         })
     }
 

@@ -23,6 +23,12 @@
 //! reader, woken by the reply, finds them; the rest after, on the same
 //! session thread, while the reader goes through the first ones.
 //!
+//! A push ends at the first file whose directory the reader has not listed
+//! yet (the kernel does not hold its inode). When the reader lists it, the
+//! kernel asks for the rest of the listing only after taking in what it got,
+//! so that request is where the push goes on ([`Pusher::listed`]), before
+//! the reader asks for the directory's first file.
+//!
 //! What is pushed is what a READ would have answered, from blocks checked
 //! against their hashes; a damaged block is never cached, so its files are
 //! never pushed and still fail with EIO when read. The kernel refuses a
@@ -32,7 +38,7 @@
 use std::collections::HashMap;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use super::cache::{BlockCache, Origin};
@@ -51,6 +57,10 @@ pub const PUSH_FILES: usize = 512;
 pub const PUSH_SCAN: u32 = 2048;
 /// Files pushed before the READ that started the push is answered.
 pub const PUSH_FIRST: usize = 4;
+/// Blocks past a push's last file decoded ahead of the next push, and the
+/// most blocks one push queues.
+pub const PUSH_LOOKAHEAD: u64 = 2;
+const PUSH_BLOCKS_MAX: usize = 16;
 
 /// Where a reader of one archive's files in archive order has got to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +97,14 @@ impl Walk {
         Some(self.ahead.max(idx.saturating_add(1)))
     }
 
+    /// Inodes `lo..=hi` have just become known to the kernel: where to
+    /// push from, when the walk's last push stopped among them (at an
+    /// inode the kernel did not hold yet).
+    pub fn listed(&self, lo: u32, hi: u32) -> Option<u32> {
+        (self.last != u32::MAX && self.ahead > self.last && (lo..=hi).contains(&self.ahead))
+            .then_some(self.ahead)
+    }
+
     /// Records that inodes before `end` are being pushed.
     pub fn claim(&mut self, end: u32) {
         self.ahead = self.ahead.max(end);
@@ -113,6 +131,8 @@ pub struct Pusher {
     /// Off for a mount whose other users must see nothing: pushed pages
     /// are read from the kernel's cache without asking the mount.
     off: AtomicBool,
+    /// Directory listings continued so far (see [`Pusher::listed`]).
+    listings: AtomicU64,
 }
 
 /// Counters, for the foreground summary.
@@ -123,6 +143,9 @@ pub struct Stats {
     pub bytes: u64,
     /// Pushes that stopped at an inode the kernel did not hold.
     pub unknown: u64,
+    /// Pushes that went on where one stopped, once a listing made the
+    /// kernel hold the inodes.
+    pub listed: u64,
 }
 
 /// One push under way: the files claimed, and how far it has got.
@@ -138,6 +161,8 @@ pub struct Push<'p> {
     /// Inodes before this one were claimed.
     end: u32,
     stopped: Option<u32>,
+    /// `Pusher::listings` when this push last found an inode not held.
+    listings: u64,
 }
 
 impl Pusher {
@@ -149,6 +174,7 @@ impl Pusher {
             busy: Mutex::new(()),
             stats: Mutex::new(Stats::default()),
             off: AtomicBool::new(false),
+            listings: AtomicU64::new(0),
         }
     }
 
@@ -186,14 +212,53 @@ impl Pusher {
         base: u64,
         idx: u32,
     ) -> Option<Push<'p>> {
-        let conn = self.conn.get()?;
         if self.off.load(Ordering::Relaxed) {
             return None;
         }
         let mut walks = lock(&self.walks);
         let walk = walks.entry(origin.id).or_default();
         let from = walk.read(idx)?;
+        self.begin(cache, origin, base, walks, from)
+    }
+
+    /// Notes that the kernel now holds inodes `lo..=hi` of `origin` (a
+    /// directory listing just answered); when a walk's push stopped there,
+    /// for want of them, returns the push that goes on from that inode. So
+    /// the files of the directory a reader enters are in the kernel's cache
+    /// before the reader asks for the first one.
+    pub fn listed<'p>(
+        &'p self,
+        cache: &'p BlockCache,
+        origin: &'p Origin,
+        base: u64,
+        lo: u32,
+        hi: u32,
+    ) -> Option<Push<'p>> {
+        if self.off.load(Ordering::Relaxed) {
+            return None;
+        }
+        // Counted first: a push running meanwhile that finds one of these
+        // inodes not held yet tries it again.
+        self.listings.fetch_add(1, Ordering::AcqRel);
+        let walks = lock(&self.walks);
+        let from = walks.get(&origin.id)?.listed(lo, hi)?;
+        let push = self.begin(cache, origin, base, walks, from)?;
+        lock(&self.stats).listed += 1;
+        Some(push)
+    }
+
+    /// Claims the files from inode `from` on and makes the push of them.
+    fn begin<'p>(
+        &'p self,
+        cache: &'p BlockCache,
+        origin: &'p Origin,
+        base: u64,
+        mut walks: MutexGuard<'_, HashMap<u32, Walk>>,
+        from: u32,
+    ) -> Option<Push<'p>> {
+        let conn = self.conn.get()?;
         let busy = self.busy.try_lock().ok()?;
+        let walk = walks.entry(origin.id).or_default();
         let inodes = &origin.archive.index.inodes;
         let last = (inodes.len() as u64).min(u64::from(from) + u64::from(PUSH_SCAN)) as u32;
         let mut files = Vec::new();
@@ -212,6 +277,26 @@ impl Pusher {
         walk.claim(end);
         drop(walks);
         lock(&self.stats).pushes += 1;
+        // The claimed files' blocks and the next ones, decoded from now on:
+        // the files are stored in this order, so the next push needs what
+        // follows. Without it the decoders wait for the push, and it for them.
+        let bs = origin.archive.block_size();
+        let stream = |f: &(u32, u64, &[Extent])| {
+            let e = f.2.last()?;
+            Some((f.2.first()?.stream / bs, (e.stream + e.len.max(1) - 1) / bs))
+        };
+        if let (Some(lo), Some(hi)) = (
+            files.first().and_then(stream).map(|s| s.0),
+            files.last().and_then(stream).map(|s| s.1),
+        ) && lo <= hi
+        {
+            let n = origin.archive.index.blocks.len() as u64;
+            let ahead: Vec<u64> = (lo..=hi.saturating_add(PUSH_LOOKAHEAD))
+                .take(PUSH_BLOCKS_MAX)
+                .filter(|&b| b < n)
+                .collect();
+            cache.prefetch(origin, &ahead);
+        }
         Some(Push {
             pusher: self,
             cache,
@@ -223,6 +308,7 @@ impl Pusher {
             next: 0,
             end,
             stopped: None,
+            listings: self.listings.load(Ordering::Acquire),
         })
     }
 }
@@ -275,20 +361,32 @@ impl Push<'_> {
             };
             self.next += 1;
             let ino = fuse_ino(self.base, idx);
-            let sent = match plan.single(&data) {
-                Some(slice) => store(self.conn, ino, 0, slice),
+            let assembled;
+            let bytes = match plan.single(&data) {
+                Some(slice) => slice,
                 None => match plan.assemble(&data) {
-                    Some(buf) => store(self.conn, ino, 0, &buf),
+                    Some(buf) => {
+                        assembled = buf;
+                        &assembled[..]
+                    }
                     None => continue,
                 },
             };
+            let mut sent = store(self.conn, ino, 0, bytes);
+            // ENOENT: the kernel does not hold this inode (its directory is
+            // not listed yet). A listing answered meanwhile may have been
+            // the one that makes it known: then once more.
+            let listings = self.pusher.listings.load(Ordering::Acquire);
+            if sent.is_err() && listings != self.listings {
+                self.listings = listings;
+                sent = store(self.conn, ino, 0, bytes);
+            }
             let mut st = lock(&self.pusher.stats);
             if sent.is_ok() {
                 st.files += 1;
                 st.bytes += size;
             } else {
-                // ENOENT: the kernel does not hold this inode (its directory
-                // is not listed yet); anything else: the connection is gone.
+                // Still not held, or the connection is gone.
                 st.unknown += 1;
                 self.stopped = Some(idx);
             }
@@ -375,6 +473,24 @@ mod tests {
         // Back to an earlier place: what was pushed at 50_000 is forgotten.
         assert_eq!(w.read(700), None);
         assert_eq!(w.read(701), Some(702));
+    }
+
+    #[test]
+    fn a_listing_continues_a_stopped_push_only() {
+        let mut w = Walk::default();
+        // No reader yet: nothing to continue.
+        assert_eq!(w.listed(0, 100), None);
+        w.read(10);
+        assert_eq!(w.read(11), Some(12));
+        w.claim(40);
+        // The push stopped at 30, the first file of a directory not listed.
+        w.release(40, 30);
+        assert_eq!(w.listed(20, 29), None, "another directory");
+        assert_eq!(w.listed(30, 35), Some(30));
+        assert_eq!(w.listed(25, 31), Some(30));
+        // A reader elsewhere (behind the stop): the stop says nothing.
+        w.read(50);
+        assert_eq!(w.listed(30, 35), None);
     }
 
     #[test]

@@ -545,25 +545,65 @@ impl ArchiveWriter {
             p.writer.finish()?;
             crate::repo::fault_point("snapshot-packs-sealed");
         }
-        let mut raw = postcard::to_stdvec(index)
-            .map_err(|e| Error::Other(format!("encoding the index: {e}")))?;
-        postcard::to_io(ext, &mut raw)
-            .map_err(|e| Error::Other(format!("encoding the index extension: {e}")))?;
-        let comp = zstd::bulk::compress(&raw, level)
-            .map_err(|e| Error::Other(format!("compressing the index: {e}")))?;
+        // The index is encoded and compressed as it is written, not built
+        // whole in memory first (for a million files its encoding alone is
+        // ~40 MB). Its length is counted first, without allocating, so that
+        // the frame says its content size as a one-shot frame would.
+        let enc_err =
+            |what: &str, e: postcard::Error| Error::Other(format!("encoding {what}: {e}"));
+        let rlen = postcard::experimental::serialized_size(index)
+            .map_err(|e| enc_err("the index", e))?
+            + postcard::experimental::serialized_size(ext)
+                .map_err(|e| enc_err("the index extension", e))?;
+        let path = self.sink.path().to_path_buf();
+        let mut out = Tally {
+            inner: &mut self.sink,
+            len: 0,
+            hash: blake3::Hasher::new(),
+        };
+        let written: io::Result<()> = (|| {
+            let mut z = zstd::stream::Encoder::new(&mut out, level)?;
+            z.include_contentsize(true)?;
+            z.include_checksum(false)?;
+            z.set_pledged_src_size(Some(rlen as u64))?;
+            // postcard writes a field at a time: batch them for zstd.
+            let mut buf = BufWriter::with_capacity(1 << 16, z);
+            postcard::to_io(index, &mut buf).map_err(io::Error::other)?;
+            postcard::to_io(ext, &mut buf).map_err(io::Error::other)?;
+            buf.into_inner().map_err(|e| e.into_error())?.finish()?;
+            Ok(())
+        })();
+        written.at(&path)?;
         let footer = Footer {
             version_major: VERSION_MAJOR,
             version_minor: VERSION_MINOR,
             flags: 0,
             index_offset: self.pos,
-            index_clen: comp.len() as u64,
-            index_rlen: raw.len() as u64,
+            index_clen: out.len,
+            index_rlen: rlen as u64,
             archive_id: self.header.archive_id,
-            index_hash: *blake3::hash(&comp).as_bytes(),
+            index_hash: *out.hash.finalize().as_bytes(),
         };
-        let path = self.sink.path().to_path_buf();
-        self.sink.write_all(&comp).at(&path)?;
         self.sink.write_all(&footer.encode()).at(&path)?;
         self.sink.commit()
+    }
+}
+
+/// A writer that passes bytes on, counting and hashing them.
+struct Tally<'a, W: Write> {
+    inner: &'a mut W,
+    len: u64,
+    hash: blake3::Hasher,
+}
+
+impl<W: Write> Write for Tally<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.len += n as u64;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }

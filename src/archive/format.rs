@@ -234,6 +234,19 @@ pub struct Index {
     pub sources: Vec<ExternalSource>,
 }
 
+/// An [`Index`] to encode, borrowing its parts, with the directory entries
+/// in any form that encodes as `Vec<Dirent>` does: what a snapshot writes
+/// without first building an `Index`. The fields are `Index`'s, in its
+/// order, so the encoding is the same.
+#[derive(Serialize)]
+pub struct IndexOut<'a, D: Serialize> {
+    pub meta: &'a Meta,
+    pub blocks: &'a [Block],
+    pub inodes: &'a [Inode],
+    pub dirents: &'a D,
+    pub sources: &'a [ExternalSource],
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Block {
     /// Decompressed length (≤ block size; shorter blocks end early).

@@ -535,7 +535,12 @@ impl ArchiveWriter {
     /// Writes the index (with the 1.1 extension record) and the footer,
     /// then commits the sink. In pack mode the packs are sealed and durable
     /// before the archive that refers to them gets its name.
-    pub fn finish(mut self, index: &Index, ext: &Extension, level: i32) -> Result<()> {
+    pub fn finish<I: serde::Serialize>(
+        mut self,
+        index: &I,
+        ext: &Extension,
+        level: i32,
+    ) -> Result<()> {
         if let Some(p) = &mut self.packs {
             if !p.fixups.is_empty() {
                 return Err(Error::Other(

@@ -432,17 +432,17 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
         si.reused_files = reused.len() as u64;
         si.source_ids = source_ids;
     }
-    let index = Index {
-        meta,
-        blocks,
-        inodes: tree.inodes,
-        dirents: tree.dirents,
-        sources,
+    let index = IndexOut {
+        meta: &meta,
+        blocks: &blocks,
+        inodes: &tree.inodes,
+        dirents: &tree.dirents,
+        sources: &sources,
     };
-    let stored = index.meta.stats.bytes_stored;
     writer.finish(&index, &ext, o.level.max(3))?;
+    let stored = meta.stats.bytes_stored;
     Ok(Outcome {
-        meta: index.meta,
+        meta,
         archive_bytes: stored,
         ext,
         new_blocks,
@@ -585,10 +585,11 @@ fn volume_tree(device: &Path) -> Result<Tree> {
     gids.insert(md.gid(), ());
     Ok(Tree {
         inodes: vec![root, file],
-        dirents: vec![Dirent {
-            name: walk::name_of(device),
-            inode: 1,
-        }],
+        dirents: {
+            let mut d = walk::Dirents::default();
+            d.push(&walk::name_of(device), 1);
+            d
+        },
         stats: Stats {
             files: 1,
             dirs: 1,

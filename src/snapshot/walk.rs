@@ -11,9 +11,59 @@ use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
-use crate::archive::{Body, Dirent, Inode, Stats, Time};
+use crate::archive::{Body, Inode, Stats, Time};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
+
+/// The tree's directory entries, in `Index::dirents` order, their names
+/// packed in one buffer: 16 bytes and the name's bytes an entry, where a
+/// [`crate::archive::Dirent`] takes 32 and a heap block of its own for the
+/// name (32 bytes or more). Encodes as `Vec<Dirent>` does.
+#[derive(Default)]
+pub struct Dirents {
+    names: Vec<u8>,
+    /// Each entry's name (its end in `names`; it starts where the previous
+    /// one ends) and inode.
+    ents: Vec<(u64, u32)>,
+}
+
+impl Dirents {
+    pub fn len(&self) -> usize {
+        self.ents.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ents.is_empty()
+    }
+
+    pub fn push(&mut self, name: &[u8], inode: u32) {
+        self.names.extend_from_slice(name);
+        self.ents.push((self.names.len() as u64, inode));
+    }
+
+    /// Entry `i`: its name and inode.
+    pub fn get(&self, i: u32) -> (&[u8], u32) {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ents[i - 1].0 };
+        let (end, inode) = self.ents[i];
+        (&self.names[start as usize..end as usize], inode)
+    }
+}
+
+impl serde::Serialize for Dirents {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        /// Field for field a `Dirent`, borrowing its name.
+        #[derive(serde::Serialize)]
+        struct DirentRef<'a> {
+            name: &'a [u8],
+            inode: u32,
+        }
+        s.collect_seq((0..self.len() as u32).map(|i| {
+            let (name, inode) = self.get(i);
+            DirentRef { name, inode }
+        }))
+    }
+}
 
 /// A regular file the read pass will store.
 pub struct FileJob {
@@ -30,7 +80,7 @@ pub struct FileJob {
 
 pub struct Tree {
     pub inodes: Vec<Inode>,
-    pub dirents: Vec<Dirent>,
+    pub dirents: Dirents,
     /// Where the walk hands each regular file, in walk order, as soon as
     /// it is found: the read pass runs alongside it.
     pub files: Option<crossbeam_channel::Sender<FileJob>>,
@@ -45,7 +95,7 @@ impl Tree {
     pub fn empty() -> Tree {
         Tree {
             inodes: Vec::new(),
-            dirents: Vec::new(),
+            dirents: Dirents::default(),
             files: None,
             warnings: Vec::new(),
             stats: Stats::default(),
@@ -412,10 +462,7 @@ fn add_entry(
     {
         t.inodes[existing as usize].nlink += 1;
         t.stats.hardlinks += 1;
-        t.dirents.push(Dirent {
-            name: name.into_bytes(),
-            inode: existing,
-        });
+        t.dirents.push(name.as_bytes(), existing);
         return;
     }
     let xattrs = xattrs.unwrap_or_else(|e| {
@@ -499,10 +546,7 @@ fn add_entry(
     t.uids.insert(md.uid, ());
     t.gids.insert(md.gid, ());
     t.inodes.push(inode_from_stat(&md, body, xattrs));
-    t.dirents.push(Dirent {
-        name: name.into_bytes(),
-        inode: id,
-    });
+    t.dirents.push(name.as_bytes(), id);
 }
 
 /// Removes inodes the read pass could not store, with their entries.
@@ -530,12 +574,10 @@ pub fn drop_inodes(t: &mut Tree, failed: &[u32]) {
         }
         if let Body::Dir { first, count } = ino.body {
             let nf = t.dirents.len() as u32;
-            for d in &old_dirents[first as usize..(first + count) as usize] {
-                if !gone[d.inode as usize] {
-                    t.dirents.push(Dirent {
-                        name: d.name.clone(),
-                        inode: map[d.inode as usize],
-                    });
+            for d in first..first + count {
+                let (name, inode) = old_dirents.get(d);
+                if !gone[inode as usize] {
+                    t.dirents.push(name, map[inode as usize]);
                 }
             }
             ino.body = Body::Dir {
@@ -551,4 +593,34 @@ pub fn name_of(p: &Path) -> Vec<u8> {
     p.file_name()
         .map(|n| n.as_bytes().to_vec())
         .unwrap_or_else(|| b"volume".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dirents;
+    use crate::archive::Dirent;
+
+    #[test]
+    fn packed_dirents_encode_as_a_vec_of_dirent() {
+        let names: [&[u8]; 5] = [b"a", b"", b"\xffnot utf-8", &[b'x'; 300], b"z"];
+        let mut packed = Dirents::default();
+        let mut plain = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            packed.push(n, i as u32 * 1000);
+            plain.push(Dirent {
+                name: n.to_vec(),
+                inode: i as u32 * 1000,
+            });
+        }
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(packed.get(i as u32), (*n, i as u32 * 1000));
+        }
+        assert_eq!(
+            postcard::to_stdvec(&packed).unwrap(),
+            postcard::to_stdvec(&plain).unwrap()
+        );
+        let back: Vec<Dirent> =
+            postcard::from_bytes(&postcard::to_stdvec(&packed).unwrap()).unwrap();
+        assert_eq!(back, plain);
+    }
 }

@@ -604,8 +604,9 @@ fn volume_tree(device: &Path) -> Result<Tree> {
 struct ReadResult {
     /// Each file read whose bytes are one run of the stream, or none.
     stored: Vec<Stored>,
-    /// The other files read (sparse, or shrunk while read): (inode, size,
-    /// extents).
+    /// The other files read (sparse ones: several extents, or one that
+    /// does not start at offset 0 or stops short of the size): (inode,
+    /// size, extents).
     scattered: Vec<(u32, u64, Vec<Extent>)>,
     /// Files of the parent snapshot taken unread: (inode, parent's inode).
     reused: Vec<(u32, u32)>,

@@ -337,14 +337,11 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                 }
             }
             for s in r.stored {
-                let extents = match s.stream {
-                    NO_DATA => Vec::new(),
-                    stream => vec![Extent {
-                        offset: 0,
-                        stream,
-                        len: s.size,
-                    }],
-                };
+                let extents = vec![Extent {
+                    offset: 0,
+                    stream: s.stream,
+                    len: s.size,
+                }];
                 tree.inodes[s.ino as usize].body = Body::File {
                     size: s.size,
                     extents,
@@ -602,11 +599,11 @@ fn volume_tree(device: &Path) -> Result<Tree> {
 }
 
 struct ReadResult {
-    /// Each file read whose bytes are one run of the stream, or none.
+    /// Each file read whose bytes are one run of the stream.
     stored: Vec<Stored>,
-    /// The other files read (sparse ones: several extents, or one that
-    /// does not start at offset 0 or stops short of the size): (inode,
-    /// size, extents).
+    /// The other files read (empty ones, and sparse ones: no extent,
+    /// several, or one that does not start at offset 0 or stops short of
+    /// the size): (inode, size, extents).
     scattered: Vec<(u32, u64, Vec<Extent>)>,
     /// Files of the parent snapshot taken unread: (inode, parent's inode).
     reused: Vec<(u32, u32)>,
@@ -727,11 +724,6 @@ fn read_files(
                         r.warnings.push(format!("{}: {why}", job.path.display()));
                     }
                     match extents[..] {
-                        [] => r.stored.push(Stored {
-                            ino: job.inode,
-                            size,
-                            stream: NO_DATA,
-                        }),
                         [e] if e.offset == 0 && e.len == size => r.stored.push(Stored {
                             ino: job.inode,
                             size,
@@ -752,17 +744,14 @@ fn read_files(
     Ok(r)
 }
 
-/// A file read whose bytes are the stream's `stream .. stream + size`, or
-/// who has none (`stream` = [`NO_DATA`]): nearly every file. 24 bytes,
-/// and no heap allocation, until the extents go into the tree at the end.
+/// A file read whose bytes are the stream's `stream .. stream + size`:
+/// nearly every file. 24 bytes, and no heap allocation, until the extents
+/// go into the tree at the end.
 struct Stored {
     ino: u32,
     size: u64,
     stream: u64,
 }
-
-/// [`Stored::stream`] of a file without data (empty, or all holes).
-const NO_DATA: u64 = u64::MAX;
 
 /// The small files read so far, by the BLAKE3 of their bytes: where in the
 /// stream each one starts (one extent from offset 0; the hash implies the

@@ -15,6 +15,13 @@ use super::format::*;
 use crate::error::{Error, IoContext, Result};
 use crate::repo::pack::{PackId, PackWriter};
 
+/// The archive's write buffer. Small frames and the header, index and
+/// footer pieces gather in it; a frame this size or larger goes straight to
+/// the file (`BufWriter` passes large writes through), so a bigger buffer
+/// would only add a block's worth of memory to a snapshot without saving
+/// a system call worth counting.
+const WRITE_BUFFER: usize = 64 << 10;
+
 /// Where the archive goes.
 pub enum Sink {
     File {
@@ -31,7 +38,7 @@ impl Sink {
     pub fn create(dest: &Path) -> Result<Sink> {
         if dest == Path::new("-") {
             return Ok(Sink::Stdout(BufWriter::with_capacity(
-                1 << 20,
+                WRITE_BUFFER,
                 io::stdout(),
             )));
         }
@@ -56,7 +63,7 @@ impl Sink {
         Ok(Sink::File {
             tmp,
             dest: dest.to_path_buf(),
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
             committed: false,
         })
     }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! read ─► get(blocks, done) ─┬─ all cached ─────────────────────► done(blocks), on the caller's thread
+//!                            ├─ one missing (get_here) ─► decode ─► LRU ─► done(blocks), on the caller's thread
 //!                            └─ some missing ─► pending ─► pool ─► LRU ─► done(blocks), on a worker
 //! sequential read ─► prefetch(next blocks) ─► same pool, served after every demand miss
 //! ```
@@ -35,6 +36,12 @@ use lru::LruCache;
 
 use crate::archive::{Archive, new_decompressor};
 use crate::error::Error;
+
+/// The largest block [`BlockCache::get_here`] decodes on the caller's
+/// thread, which then keeps a buffer of that size: a larger block takes
+/// long enough to decode that a worker's wake-up no longer counts, and
+/// would hold the kernel's request thread that much longer.
+const DECODE_HERE_MAX: u64 = 4 << 20;
 
 /// A decompressed block, exactly its index length.
 pub type Data = Arc<Vec<u8>>;
@@ -187,6 +194,20 @@ impl BlockCache {
     /// otherwise on a worker thread once the missing ones are decoded, or
     /// with the error of the first one found damaged.
     pub fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
+        self.get_on(origin, blocks, done, false)
+    }
+
+    /// As [`get`](Self::get), except that a single missing block nobody
+    /// is decoding yet is decoded on this thread, which is awake already:
+    /// handing it to a sleeping worker costs a cold read the time it takes
+    /// the scheduler to wake one (a good part of a millisecond on a VM
+    /// whose idle vCPU halts). For the kernel's requests, whose threads
+    /// are several, so that one decoding does not hold the others up.
+    pub fn get_here(&self, origin: &Origin, blocks: &[u64], done: Done) {
+        self.get_on(origin, blocks, done, true)
+    }
+
+    fn get_on(&self, origin: &Origin, blocks: &[u64], done: Done, here: bool) {
         debug_assert!(
             blocks
                 .iter()
@@ -228,6 +249,29 @@ impl BlockCache {
             missing: missing.len(),
             done: Some(done),
         })));
+        if here
+            && origin.archive.block_size() <= DECODE_HERE_MAX
+            && let [k] = missing[..]
+            && let b = (id, blocks[k])
+            && let Entry::Vacant(v) = st.pending.entry(b)
+        {
+            v.insert(Pending {
+                archive: origin.archive.clone(),
+                waiters: vec![(gather, k)],
+                started: true,
+                in_demand: true,
+            });
+            drop(st);
+            thread_local! {
+                static DECODER: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            DECODER.with_borrow_mut(|d| {
+                let (dec, spare) = d.get_or_insert_with(|| (new_decompressor(), Vec::new()));
+                sh.decode(b, origin.archive.clone(), dec, spare);
+            });
+            return;
+        }
         let mut queued = 0;
         for k in missing {
             let b = (id, blocks[k]);
@@ -372,61 +416,75 @@ impl Shared {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            let block_size = archive.block_size();
-            let len = archive
-                .index
-                .blocks
-                .get(b.1 as usize)
-                .map_or(0, |x| u64::from(x.len));
-            // A short block (a file's tail) gets a buffer of its own size,
-            // so that the cache's byte budget holds what it holds.
-            let mut buf = if len >= spare.capacity() as u64 / 2 {
-                std::mem::take(&mut spare)
-            } else {
-                Vec::new()
+            self.decode(b, archive, &mut dec, &mut spare);
+        }
+    }
+
+    /// Decodes block `b` of `archive`, caches it (or remembers why it is
+    /// damaged) and hands it to the readers waiting for it. `spare` is the
+    /// buffer to decode into, its pages already touched; it is made ready
+    /// for the next block afterwards, while no reader waits on this thread.
+    fn decode(
+        &self,
+        b: Key,
+        archive: Arc<Archive>,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        spare: &mut Vec<u8>,
+    ) {
+        let block_size = archive.block_size();
+        let len = archive
+            .index
+            .blocks
+            .get(b.1 as usize)
+            .map_or(0, |x| u64::from(x.len));
+        // A short block (a file's tail) gets a buffer of its own size,
+        // so that the cache's byte budget holds what it holds.
+        let mut buf = if len >= spare.capacity() as u64 / 2 {
+            std::mem::take(spare)
+        } else {
+            Vec::new()
+        };
+        let r = archive.read_block_into(b.1, dec, &mut buf);
+        drop(archive);
+        self.decoded.fetch_add(1, Ordering::Relaxed);
+        let (waiters, result) = {
+            let mut st = lock(&self.state);
+            let waiters = st.pending.remove(&b).map(|p| p.waiters);
+            let result = match r {
+                Ok(()) => {
+                    let d = Arc::new(buf);
+                    st.insert(b, d.clone(), self.capacity, self.threads);
+                    Ok(d)
+                }
+                Err(e) => {
+                    let f = Arc::new(e);
+                    st.bad.insert(b, f.clone());
+                    Err(f)
+                }
             };
-            let r = archive.read_block_into(b.1, &mut dec, &mut buf);
-            drop(archive);
-            self.decoded.fetch_add(1, Ordering::Relaxed);
-            let (waiters, result) = {
-                let mut st = lock(&self.state);
-                let waiters = st.pending.remove(&b).map(|p| p.waiters);
-                let result = match r {
-                    Ok(()) => {
-                        let d = Arc::new(buf);
-                        st.insert(b, d.clone(), self.capacity, self.threads);
-                        Ok(d)
-                    }
-                    Err(e) => {
-                        let f = Arc::new(e);
-                        st.bad.insert(b, f.clone());
-                        Err(f)
-                    }
-                };
-                (waiters.unwrap_or_default(), result)
+            (waiters.unwrap_or_default(), result)
+        };
+        for (g, k) in waiters {
+            g.fill(k, result.clone());
+        }
+        drop(result);
+        // Sized by the block just decoded (a real one, not the
+        // header's word), when it was a whole block.
+        let want = len as usize;
+        if len >= block_size / 2 && spare.capacity() < want {
+            let recycled = lock(&self.state).free.pop();
+            *spare = match recycled {
+                Some(v) if v.capacity() >= want => v,
+                _ => {
+                    // Written, not calloc'ed (`vec![0; n]` maps pages
+                    // that fault on first use): the point is the faults.
+                    #[allow(clippy::slow_vector_initialization)]
+                    let mut v = Vec::with_capacity(want);
+                    v.resize(want, 0);
+                    v.clear();
+                    v
+                }
             };
-            for (g, k) in waiters {
-                g.fill(k, result.clone());
-            }
-            drop(result);
-            // Sized by the block just decoded (a real one, not the
-            // header's word), when it was a whole block.
-            let want = len as usize;
-            if len >= block_size / 2 && spare.capacity() < want {
-                let recycled = lock(&self.state).free.pop();
-                spare = match recycled {
-                    Some(v) if v.capacity() >= want => v,
-                    _ => {
-                        // Written, not calloc'ed (`vec![0; n]` maps pages
-                        // that fault on first use): the point is the faults.
-                        #[allow(clippy::slow_vector_initialization)]
-                        let mut v = Vec::with_capacity(want);
-                        v.resize(want, 0);
-                        v.clear();
-                        v
-                    }
-                };
-            }
         }
     }
 }
@@ -610,6 +668,55 @@ mod tests {
         let s = c.stats();
         assert_eq!(s.decoded, 1, "{s:?}");
         assert_eq!(s.hits + s.misses, n as u64);
+    }
+
+    #[test]
+    fn a_single_miss_is_decoded_on_the_callers_thread_and_once() {
+        let (_d, a) = archive("here", 4, 0);
+        let c = Arc::new(BlockCache::new(1 << 30, 2).unwrap());
+        let o = origin(0, &a);
+        let mut dec = new_decompressor();
+        // One missing block: answered before get_here returns, on this thread.
+        let me = std::thread::current().id();
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            &o,
+            &[1],
+            Box::new(move |r| tx.send((std::thread::current().id(), r)).unwrap()),
+        );
+        let (on, r) = rx.try_recv().expect("answered before get_here returned");
+        assert_eq!(on, me);
+        assert_eq!(*r.unwrap()[0], a.read_block(1, &mut dec).unwrap());
+        // Two missing: the workers decode them, as get does.
+        let (tx, rx) = mpsc::channel();
+        c.get_here(&o, &[2, 3], Box::new(move |r| tx.send(r).unwrap()));
+        let got = rx.recv().unwrap().unwrap();
+        assert_eq!(*got[1], a.read_block(3, &mut dec).unwrap());
+        // Many readers of one block at once, some decoding where they are:
+        // one decode, and every reader gets the block.
+        let n = 16;
+        let barrier = Arc::new(Barrier::new(n));
+        let hs: Vec<_> = (0..n)
+            .map(|i| {
+                let (c, barrier, o) = (c.clone(), barrier.clone(), o.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let (tx, rx) = mpsc::channel();
+                    let done: Done = Box::new(move |r| tx.send(r).unwrap());
+                    if i % 2 == 0 {
+                        c.get_here(&o, &[0], done);
+                    } else {
+                        c.get(&o, &[0], done);
+                    }
+                    rx.recv().unwrap().unwrap()
+                })
+            })
+            .collect();
+        let want = a.read_block(0, &mut dec).unwrap();
+        for h in hs {
+            assert_eq!(*h.join().unwrap()[0], want);
+        }
+        assert_eq!(c.stats().decoded, 4, "{:?}", c.stats());
     }
 
     #[test]

@@ -687,7 +687,7 @@ impl HbbFs {
         }
         let reporter = view.reporter.clone();
         let wanted = plan.blocks.clone();
-        self.cache.get(
+        self.cache.get_here(
             &view.origin,
             &wanted,
             Box::new(move |r| match r {

@@ -279,7 +279,7 @@ impl<'a> Restorer<'a> {
                 .collect();
             for (k, comp) in comps.iter().enumerate() {
                 let ents = self.a.children(cur);
-                let Ok(pos) = ents.binary_search_by(|d| d.name.as_slice().cmp(comp)) else {
+                let Ok(pos) = ents.binary_search_by(|d| d.name[..].cmp(comp)) else {
                     return Err(Error::Other(format!(
                         "{}: {} not found in the archive",
                         self.a.path.display(),

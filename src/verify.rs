@@ -189,7 +189,7 @@ fn compare(a: &Archive, src: &Path, threads: usize, r: &mut Report) -> Result<()
             Body::Symlink { target } => {
                 if ft.is_symlink()
                     && let Ok(t) = std::fs::read_link(&p)
-                    && t.as_os_str().as_bytes() != target.as_slice()
+                    && t.as_os_str().as_bytes() != &target[..]
                 {
                     d.push("symlink target differs".into());
                 }
@@ -230,7 +230,7 @@ fn compare(a: &Archive, src: &Path, threads: usize, r: &mut Report) -> Result<()
             d.push("mtime differs".into());
         }
         if let Ok(x) = sys::read_xattrs(&p)
-            && x != ino.xattrs
+            && x[..] != ino.xattrs[..]
         {
             d.push("extended attributes differ".into());
         }

@@ -30,7 +30,7 @@ fn inode(body: Body) -> Inode {
         mtime: time(),
         atime: time(),
         ctime: time(),
-        xattrs: Vec::new(),
+        xattrs: Box::default(),
         body,
     }
 }
@@ -42,7 +42,8 @@ fn file(stream: u64, len: u64) -> Inode {
             offset: 0,
             stream,
             len,
-        }],
+        }]
+        .into(),
     });
     i.perm = 0o644;
     i
@@ -103,7 +104,7 @@ fn tree(index: &mut Index, entries: &[(&[u8], u32)], inodes: Vec<Inode>) {
     let first = index.dirents.len() as u32;
     for (n, i) in entries {
         index.dirents.push(Dirent {
-            name: n.to_vec(),
+            name: n.to_vec().into(),
             inode: *i,
         });
     }
@@ -213,11 +214,11 @@ fn structural_lies_are_refused() {
                     ],
                 );
                 ix.dirents.push(Dirent {
-                    name: b"c".to_vec(),
+                    name: b"c".to_vec().into(),
                     inode: 3,
                 });
                 ix.dirents.push(Dirent {
-                    name: b"b".to_vec(),
+                    name: b"b".to_vec().into(),
                     inode: 2,
                 });
             }),
@@ -287,7 +288,8 @@ fn structural_lies_are_refused() {
                             stream: 0,
                             len: 4,
                         },
-                    ],
+                    ]
+                    .into(),
                 };
                 tree(ix, &[(b"a", 1)], vec![f]);
             }),
@@ -308,7 +310,8 @@ fn structural_lies_are_refused() {
                         offset: u64::MAX - 2,
                         stream: 0,
                         len: 7,
-                    }],
+                    }]
+                    .into(),
                 };
                 tree(ix, &[(b"a", 1)], vec![f]);
             }),
@@ -324,7 +327,8 @@ fn structural_lies_are_refused() {
                         offset: 0,
                         stream: 0,
                         len: 7,
-                    }],
+                    }]
+                    .into(),
                 };
                 tree(ix, &[(b"a", 1)], vec![f]);
             }),
@@ -372,7 +376,7 @@ fn structural_lies_are_refused() {
                     ix,
                     &[(b"l", 1)],
                     vec![inode(Body::Symlink {
-                        target: b"a\0b".to_vec(),
+                        target: b"a\0b".to_vec().into(),
                     })],
                 )
             }),
@@ -399,7 +403,7 @@ fn planted_symlinks_in_dest_are_never_followed() {
             ],
         );
         ix.dirents.push(Dirent {
-            name: b"x".to_vec(),
+            name: b"x".to_vec().into(),
             inode: 2,
         });
     });
@@ -427,7 +431,7 @@ fn a_restored_symlink_is_not_followed_by_a_later_restore() {
             ix,
             &[(b"a", 1)],
             vec![inode(Body::Symlink {
-                target: s.outside.as_os_str().as_encoded_bytes().to_vec(),
+                target: s.outside.as_os_str().as_encoded_bytes().to_vec().into(),
             })],
         );
     });
@@ -440,7 +444,7 @@ fn a_restored_symlink_is_not_followed_by_a_later_restore() {
             vec![inode(Body::Dir { first: 1, count: 1 }), file(0, 7)],
         );
         ix.dirents.push(Dirent {
-            name: b"x".to_vec(),
+            name: b"x".to_vec().into(),
             inode: 2,
         });
     });

@@ -272,13 +272,21 @@ pub struct ExternalSource {
     pub name: Vec<u8>,
 }
 
+// In memory, the index's variable-length fields are boxed slices (16
+// bytes, no spare capacity) rather than Vecs (24): a mount holds one Inode
+// and one Dirent per entry, and a snapshot one Inode per entry. Serde
+// encodes a boxed slice exactly as a Vec, so the format is unchanged
+// (tests::in_memory_layout_keeps_the_encoding).
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Dirent {
-    pub name: Vec<u8>,
+    pub name: Box<[u8]>,
     pub inode: u32,
 }
 
+/// Packed to 12 bytes (an Inode has three): fields are read by value.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[repr(C, packed(4))]
 pub struct Time {
     pub sec: i64,
     pub nsec: u32,
@@ -301,7 +309,7 @@ pub struct Inode {
     pub mtime: Time,
     pub atime: Time,
     pub ctime: Time,
-    pub xattrs: Vec<Xattr>,
+    pub xattrs: Box<[Xattr]>,
     pub body: Body,
 }
 
@@ -316,10 +324,10 @@ pub enum Body {
     /// rest are holes (zeros).
     File {
         size: u64,
-        extents: Vec<Extent>,
+        extents: Box<[Extent]>,
     },
     Symlink {
-        target: Vec<u8>,
+        target: Box<[u8]>,
     },
     BlockDev {
         rdev: u64,
@@ -429,4 +437,196 @@ pub struct SnapshotInfo {
     /// and inode number, for the next snapshot's unchanged-file test; zero
     /// where unknown.
     pub source_ids: Vec<(u64, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The index's types as they were before their in-memory layout was
+    // made compact (Vecs, an unpacked Time): the encoding must not have
+    // moved by a byte.
+    #[derive(Serialize)]
+    struct WideTime {
+        sec: i64,
+        nsec: u32,
+    }
+    #[derive(Serialize)]
+    struct WideXattr {
+        name: Vec<u8>,
+        value: Vec<u8>,
+    }
+    #[derive(Serialize)]
+    enum WideBody {
+        Dir { first: u32, count: u32 },
+        File { size: u64, extents: Vec<Extent> },
+        Symlink { target: Vec<u8> },
+        BlockDev { rdev: u64 },
+        CharDev { rdev: u64 },
+        Fifo,
+        Socket,
+    }
+    #[derive(Serialize)]
+    struct WideInode {
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+        mtime: WideTime,
+        atime: WideTime,
+        ctime: WideTime,
+        xattrs: Vec<WideXattr>,
+        body: WideBody,
+    }
+    #[derive(Serialize)]
+    struct WideDirent {
+        name: Vec<u8>,
+        inode: u32,
+    }
+
+    #[test]
+    fn in_memory_layout_keeps_the_encoding() {
+        let t = |sec, nsec| (Time { sec, nsec }, WideTime { sec, nsec });
+        let ext = vec![
+            Extent {
+                offset: 0,
+                stream: 1 << 40,
+                len: 4096,
+            },
+            Extent {
+                offset: 1 << 33,
+                stream: 7,
+                len: u64::MAX >> 1,
+            },
+        ];
+        let bodies = [
+            (
+                Body::Dir {
+                    first: 3,
+                    count: 70_000,
+                },
+                WideBody::Dir {
+                    first: 3,
+                    count: 70_000,
+                },
+            ),
+            (
+                Body::File {
+                    size: u64::MAX,
+                    extents: ext.clone().into(),
+                },
+                WideBody::File {
+                    size: u64::MAX,
+                    extents: ext,
+                },
+            ),
+            (
+                Body::File {
+                    size: 0,
+                    extents: Box::default(),
+                },
+                WideBody::File {
+                    size: 0,
+                    extents: Vec::new(),
+                },
+            ),
+            (
+                Body::Symlink {
+                    target: b"../a b\xff".to_vec().into(),
+                },
+                WideBody::Symlink {
+                    target: b"../a b\xff".to_vec(),
+                },
+            ),
+            (
+                Body::BlockDev { rdev: 0x0803 },
+                WideBody::BlockDev { rdev: 0x0803 },
+            ),
+            (
+                Body::CharDev { rdev: u64::MAX },
+                WideBody::CharDev { rdev: u64::MAX },
+            ),
+            (Body::Fifo, WideBody::Fifo),
+            (Body::Socket, WideBody::Socket),
+        ];
+        for (i, (body, wide_body)) in bodies.into_iter().enumerate() {
+            let (m, wm) = t(-1, 999_999_999);
+            let (a, wa) = t(i64::MAX, 0);
+            let (c, wc) = t(1_700_000_000 + i as i64, 12345);
+            let xattrs: Vec<Xattr> = (0..i % 3)
+                .map(|k| Xattr {
+                    name: format!("user.k{k}").into_bytes(),
+                    value: vec![k as u8; k * 5],
+                })
+                .collect();
+            let wide_xattrs = xattrs
+                .iter()
+                .map(|x| WideXattr {
+                    name: x.name.clone(),
+                    value: x.value.clone(),
+                })
+                .collect();
+            let inode = Inode {
+                perm: 0o4755,
+                uid: 1000,
+                gid: u32::MAX,
+                nlink: 2,
+                mtime: m,
+                atime: a,
+                ctime: c,
+                xattrs: xattrs.into(),
+                body,
+            };
+            let wide = WideInode {
+                perm: 0o4755,
+                uid: 1000,
+                gid: u32::MAX,
+                nlink: 2,
+                mtime: wm,
+                atime: wa,
+                ctime: wc,
+                xattrs: wide_xattrs,
+                body: wide_body,
+            };
+            let bytes = postcard::to_stdvec(&inode).unwrap();
+            assert_eq!(
+                bytes,
+                postcard::to_stdvec(&wide).unwrap(),
+                "body variant {i}"
+            );
+            assert_eq!(
+                postcard::from_bytes::<Inode>(&bytes).unwrap(),
+                inode,
+                "body variant {i}"
+            );
+        }
+        let d = Dirent {
+            name: b"name\x01"[..].into(),
+            inode: 77,
+        };
+        let bytes = postcard::to_stdvec(&d).unwrap();
+        let wide = WideDirent {
+            name: b"name\x01".to_vec(),
+            inode: 77,
+        };
+        assert_eq!(bytes, postcard::to_stdvec(&wide).unwrap());
+        assert_eq!(postcard::from_bytes::<Dirent>(&bytes).unwrap(), d);
+    }
+
+    #[test]
+    fn index_records_stay_compact() {
+        // What a mount and a snapshot hold per entry; a field added to
+        // Inode or Dirent should be a choice, not an accident.
+        assert!(std::mem::size_of::<Time>() <= 12);
+        assert!(
+            std::mem::size_of::<Inode>() <= 104,
+            "{}",
+            std::mem::size_of::<Inode>()
+        );
+        assert!(
+            std::mem::size_of::<Dirent>() <= 24,
+            "{}",
+            std::mem::size_of::<Dirent>()
+        );
+    }
 }

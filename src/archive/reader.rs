@@ -406,7 +406,7 @@ impl Archive {
 
     pub fn lookup(&self, dir: u32, name: &[u8]) -> Option<u32> {
         let ents = self.children(dir);
-        ents.binary_search_by(|d| d.name.as_slice().cmp(name))
+        ents.binary_search_by(|d| d.name[..].cmp(name))
             .ok()
             .map(|k| ents[k].inode)
     }

@@ -532,7 +532,7 @@ impl HbbFs {
                 let dots = dots.into_iter().enumerate().skip(from);
                 let rest = rest.iter().enumerate().map(move |(j, d)| {
                     let here = Loc::In { k, idx: d.inode };
-                    (j + from.max(2), (here, d.name.as_slice()))
+                    (j + from.max(2), (here, &d.name[..]))
                 });
                 Ok(Box::new(dots.chain(rest).map(number)))
             }

@@ -269,7 +269,7 @@ impl Pusher {
                 && *size > 0
                 && *size <= PUSH_FILE_MAX
             {
-                files.push((end, *size, extents.as_slice()));
+                files.push((end, *size, &extents[..]));
                 bytes += size;
             }
             end += 1;

@@ -337,18 +337,21 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                 }
             }
             for s in r.stored {
-                let extents = vec![Extent {
+                let extents = Box::new([Extent {
                     offset: 0,
                     stream: s.stream,
                     len: s.size,
-                }];
+                }]);
                 tree.inodes[s.ino as usize].body = Body::File {
                     size: s.size,
                     extents,
                 };
             }
             for (ino, size, extents) in r.scattered {
-                tree.inodes[ino as usize].body = Body::File { size, extents };
+                tree.inodes[ino as usize].body = Body::File {
+                    size,
+                    extents: extents.into(),
+                };
             }
             if let Some(p) = parent {
                 reuse_files(p, &reused, &mut writer, &mut tree.inodes);
@@ -376,7 +379,10 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             let (extents, size) = pipeline::run(&cfg, &mut writer, &progress, |sink| {
                 volume::read_volume(device, sink, &progress)
             })?;
-            tree.inodes[1].body = Body::File { size, extents };
+            tree.inodes[1].body = Body::File {
+                size,
+                extents: extents.into(),
+            };
             stats.bytes_read = size;
         }
     }
@@ -546,7 +552,7 @@ fn reuse_files(p: &Archive, reused: &[(u32, u32)], w: &mut ArchiveWriter, inodes
         }
         inodes[ino as usize].body = Body::File {
             size: *size,
-            extents: out,
+            extents: out.into(),
         };
     }
 }
@@ -563,7 +569,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
         mtime: t(md.mtime(), md.mtime_nsec()),
         atime: t(md.atime(), md.atime_nsec()),
         ctime: t(md.ctime(), md.ctime_nsec()),
-        xattrs: Vec::new(),
+        xattrs: Box::default(),
         body: Body::Dir { first: 0, count: 1 },
     };
     let file = Inode {
@@ -572,7 +578,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
         gid: md.gid(),
         body: Body::File {
             size: 0,
-            extents: Vec::new(),
+            extents: Box::default(),
         },
         ..root.clone()
     };

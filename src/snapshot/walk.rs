@@ -165,7 +165,7 @@ fn inode_from_stat(md: &sys::Stat, body: Body, xattrs: Vec<crate::archive::Xattr
         mtime: time(md.mtime.0, md.mtime.1),
         atime: time(md.atime.0, md.atime.1),
         ctime: time(md.ctime.0, md.ctime.1),
-        xattrs,
+        xattrs: xattrs.into(),
         body,
     }
 }
@@ -179,7 +179,7 @@ fn inode_from(md: &std::fs::Metadata, body: Body, xattrs: Vec<crate::archive::Xa
         mtime: time(md.mtime(), md.mtime_nsec()),
         atime: time(md.atime(), md.atime_nsec()),
         ctime: time(md.ctime(), md.ctime_nsec()),
-        xattrs,
+        xattrs: xattrs.into(),
         body,
     }
 }
@@ -503,13 +503,15 @@ fn add_entry(
             }
             Body::File {
                 size: md.size,
-                extents: Vec::new(),
+                extents: Box::default(),
             }
         }
         libc::S_IFLNK => {
             t.stats.symlinks += 1;
             match link {
-                Some(Ok(target)) => Body::Symlink { target },
+                Some(Ok(target)) => Body::Symlink {
+                    target: target.into(),
+                },
                 Some(Err(e)) => {
                     t.warnings
                         .push(format!("{}: reading symlink: {e}", path.display()));
@@ -608,7 +610,7 @@ mod tests {
         for (i, n) in names.iter().enumerate() {
             packed.push(n, i as u32 * 1000);
             plain.push(Dirent {
-                name: n.to_vec(),
+                name: (*n).into(),
                 inode: i as u32 * 1000,
             });
         }

@@ -895,9 +895,9 @@ class Bench:
             return setup, ["restic", "-r", dst, "--compression", "auto", "backup", "-q", src], None
         raise ValueError(tool)
 
-    def snapshot(self, tool, src, dst, bs=None, reps=None):
+    def snapshot(self, tool, src, dst, bs=None, reps=None, cold=False):
         setup, cmd, cwd = self.snap_cmd(tool, src, dst, bs)
-        r = self.timed(cmd, setup=setup, cwd=cwd, reps=reps)
+        r = self.timed(cmd, setup=setup, cwd=cwd, reps=reps, cold=cold)
         r["bytes"] = path_bytes(dst)
         return r
 
@@ -996,6 +996,16 @@ class Bench:
             f"{res['K_zstd_cpu'] / self.threads:.2f} s")
         res["K_perf"] = self.perf_stat(self.snap_cmd("hbb", self.K, os.path.join(self.tmp, "perf.hbb"))[1])
         rm(os.path.join(self.tmp, "perf.hbb"))
+        # What a nightly backup meets: nothing of the source cached, not
+        # even its directories and inodes (drop_caches before each run).
+        res["K_cold"] = {}
+        for tool, bs in (("hbb", None), ("tar+zstd", None), ("squashfs-1M", MiB)):
+            say(f"snapshot K, cold cache: {tool}")
+            dst = os.path.join(self.tmp, "cold-snapshot")
+            r = self.snapshot(tool, self.K, dst, bs=bs, cold=True)
+            rm(dst)
+            res["K_cold"][tool] = r
+            say(f"  {r['wall']:.2f} s, user+sys {r['user'] + r['sys']:.1f} s")
         self.warm(self.V)
         for tool, name in (("hbb", "V.hbb"), ("zstd", "V.img.zst")):
             say(f"snapshot V: {tool}")
@@ -1222,6 +1232,16 @@ class Bench:
             res["points"].append(p)
         n = self.scale[-1]
         src = os.path.join(self.cache, "corpus", f"S-{n}", "tree")
+        # The largest tree again from a cold cache (drop_caches: pages,
+        # dentries and inodes), once each: tar | zstd takes minutes.
+        res["cold"] = {"files": n}
+        for tool in ("hbb", "tar+zstd"):
+            say(f"{n} files, cold cache: snapshot {tool}")
+            dst = os.path.join(self.tmp, "cold-scale")
+            r = self.snapshot(tool, src, dst, reps=1, cold=True)
+            rm(dst)
+            res["cold"][tool] = r
+            say(f"  {r['wall']:.2f} s, user+sys {r['user'] + r['sys']:.1f} s")
         tools = (["hbb"] if self.hbb_mount else []) + ["squashfuse", "squashfuse_ll"]
         if not self.hbb_mount:
             print("   skipped: hbb mount not available (the 1M-file mount); squashfuse only")
@@ -1613,7 +1633,8 @@ def render(results_dir, out, mode):
     w("- Wall time by the harness's monotonic clock; user+sys and peak RSS by `/usr/bin/time` "
       "(for a pipeline, user+sys over its processes, peak RSS of its largest process). "
       "A timed command runs `--reps` times; the median run is shown.")
-    w("- Snapshots read a source already in the page cache; their time includes getting the archive to disk "
+    w("- Snapshots read a source already in the page cache (except the *cold cache* rows, measured after "
+      "`echo 3 > /proc/sys/vm/drop_caches`); their time includes getting the archive to disk "
       "(hbb, borg and restic fsync; the other commands are followed by `sync FILE` inside the timing). "
       "Restores and reads through a mount start with the page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`); "
       "each restore writes into a new, empty ext4 filesystem (a loop image), since ext4 slows down creating files "
@@ -1656,6 +1677,18 @@ def render(results_dir, out, mode):
                 w(f"The floor: `zstd -T1 -3` alone spends {zc:.2f} CPU-s compressing K (as a tar, to /dev/null), so "
                   f"no level-3 snapshot of K can take less than {zc / th:.2f} s on {th} cores; that is "
                   f"{d['K']['tar+zstd']['wall'] / (zc / th):.2f}× faster than tar|zstd here." if "tar+zstd" in d["K"] else "")
+                w("")
+            kc = d.get("K_cold") if corp == "K" else None
+            if kc:
+                w("From a cold cache (page cache, dentries and inodes dropped before each run, as a nightly "
+                  "backup finds them):")
+                w("")
+                w("| tool | wall s | runs s | × hbb | user+sys s |")
+                w("|---|---:|---:|---:|---:|")
+                cb = kc.get("hbb", {}).get("wall")
+                for tool, r in kc.items():
+                    w(f"| {tool} | {fmt_s(r['wall'])} | {spread(r)} | {times(r['wall'], cb)} | "
+                      f"{r['user'] + r['sys']:.1f} |")
                 w("")
             pf = d.get("K_perf") if corp == "K" else None
             if pf:
@@ -1753,6 +1786,15 @@ def render(results_dir, out, mode):
         w("")
         w("borg and restic: one run each, and not at the largest point, to keep the run short.")
         w("")
+        cold = d.get("cold")
+        if cold:
+            hb = cold.get("hbb", {}).get("wall")
+            tz = cold.get("tar+zstd", {}).get("wall")
+            w(f"The {cold['files']}-file tree from a cold cache (page cache, dentries and inodes dropped; one run "
+              f"each): hbb {fmt_s(hb)} s (user+sys {cold['hbb']['user'] + cold['hbb']['sys']:.1f} s), "
+              f"`tar | zstd` {fmt_s(tz)} s (user+sys {cold['tar+zstd']['user'] + cold['tar+zstd']['sys']:.1f} s): "
+              f"hbb {times(tz, hb)} faster.")
+            w("")
         n = d["points"][-1]["files"] if d["points"] else 0
         if not d["hbb_mount"]:
             w(f"hbb's mount of the {n}-file archive: **skipped: hbb mount not available**.")

@@ -1132,6 +1132,7 @@ class Bench:
                   ("borg", "borg", None), ("restic", "restic", None)]
         n_cold = 200 if self.mode == "full" else 40
         n_win = 8 if self.mode == "full" else 3
+        self.cold_passes = 3 if self.mode == "full" else 1
         for m, tool, bs in cases:
             ext = {"hbb": "hbb", "squashfs": "sqfs", "borg": "borg", "restic": "restic"}[tool]
             eff_bs = bs or {"hbb": 2 * MiB, "squashfs": 128 * KiB}.get(tool)
@@ -1142,13 +1143,24 @@ class Bench:
                 eff_bs = json.loads(out_of([self.hbb, "info", "--json", arc]))["block_size"]
             label = f"{m} {size_name(eff_bs) if eff_bs else ''}".strip()
             say(f"random 4 KiB reads in L: {label}")
-            with self.mount_of(m, arc, ldir) as mo:
-                path = os.path.join(mo.root, lrel)
-                slot = max(eff_bs or 8 * MiB, 8 * MiB)
-                cold, cached = random_reads(path, lsize, slot, n_cold, n_win)
-                r = lat_summary(cold, cached)
-                r["mount_s"] = mo.mount_seconds
-                r["rss"], r["hwm"] = mo.rss()
+            slot = max(eff_bs or 8 * MiB, 8 * MiB)
+            # L has room for only ~160 untouched regions, so a p99 of one
+            # pass is its second-slowest read: the cold reads are made in
+            # several passes, each on a new mount after the page cache is
+            # dropped, at other offsets (another seed), and pooled.
+            cold, cached = [], []
+            for k in range(self.cold_passes):
+                with self.mount_of(m, arc, ldir) as mo:
+                    path = os.path.join(mo.root, lrel)
+                    c, w = random_reads(path, lsize, slot, n_cold, n_win if k == 0 else 0, seed=4 + k)
+                    cold += c
+                    cached += w
+                    if k == 0:
+                        mount_s = mo.mount_seconds
+                        rss = mo.rss()
+            r = lat_summary(cold, cached)
+            r["mount_s"] = mount_s
+            r["rss"], r["hwm"] = rss
             r["archive_bytes"] = path_bytes(arc)
             r["ratio"] = linput / r["archive_bytes"]
             r["block"] = eff_bs
@@ -1640,8 +1652,9 @@ def render(results_dir, out, mode):
       "each restore writes into a new, empty ext4 filesystem (a loop image), since ext4 slows down creating files "
       "right after deleting many (its allocator skips recently freed inodes).")
     w("- Random reads: 4 KiB `pread`s with `POSIX_FADV_RANDOM` in L through each mount. *Cold*: page cache "
-      "dropped once, then every read lands in a region of the file (max(block, 8 MiB)) that no earlier read "
-      "touched. *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
+      "dropped, then every read lands in a region of the file (max(block, 8 MiB)) that no earlier read "
+      "touched; L has room for ~160 such reads, so figure 3 pools three such passes (a full run), each on a "
+      "new mount, at other offsets (*cold n* reads in all). *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
       "decompressed in the mount's cache, the page is not in the kernel's).")
     w("- Ratios: *× hbb* is the tool's figure divided by hbb's: above 1 means hbb is faster (or smaller). "
       "*runs s*: the fastest and slowest of the repetitions, to show the noise.")

@@ -434,7 +434,7 @@ impl Archive {
         }
     }
 
-    fn block_err(&self, block: u64, msg: impl Into<String>) -> Error {
+    pub(crate) fn block_err(&self, block: u64, msg: impl Into<String>) -> Error {
         Error::Block {
             path: self.path.clone(),
             block,

@@ -266,10 +266,13 @@ impl BlockCache {
                 static DECODER: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
                     const { std::cell::RefCell::new(None) };
             }
-            DECODER.with_borrow_mut(|d| {
-                let (dec, spare) = d.get_or_insert_with(|| (new_decompressor(), Vec::new()));
-                sh.decode(b, origin.archive.clone(), dec, spare);
-            });
+            // Taken out while decoding: the readers' callbacks run inside
+            // the decode, and one that read again would find it borrowed.
+            let (mut dec, mut spare) = DECODER
+                .take()
+                .unwrap_or_else(|| (new_decompressor(), Vec::new()));
+            sh.decode(b, origin.archive.clone(), &mut dec, &mut spare);
+            DECODER.set(Some((dec, spare)));
             return;
         }
         let mut queued = 0;
@@ -444,7 +447,21 @@ impl Shared {
         } else {
             Vec::new()
         };
+        // Should the decode unwind (a bug: damaged content is an error, not
+        // a panic), its readers get an error now, and later ones at once,
+        // instead of waiting for a block nobody decodes any more: the
+        // kernel's request threads survive a panic (fs::guard).
+        let unwinding = FailOnUnwind {
+            cache: self,
+            b,
+            archive: archive.clone(),
+        };
+        #[cfg(test)]
+        if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
+            panic!("test: decoding block {b:?} panics");
+        }
         let r = archive.read_block_into(b.1, dec, &mut buf);
+        std::mem::forget(unwinding);
         drop(archive);
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let (waiters, result) = {
@@ -485,6 +502,31 @@ impl Shared {
                     v
                 }
             };
+        }
+    }
+}
+
+/// Fails block `b`'s readers if dropped, which only an unwinding decode
+/// does (a finished one forgets it).
+struct FailOnUnwind<'a> {
+    cache: &'a Shared,
+    b: Key,
+    archive: Arc<Archive>,
+}
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        let f: Failure = Arc::new(
+            self.archive
+                .block_err(self.b.1, "decoding it panicked (a bug in hbb)"),
+        );
+        let waiters = {
+            let mut st = lock(&self.cache.state);
+            st.bad.insert(self.b, f.clone());
+            st.pending.remove(&self.b).map(|p| p.waiters)
+        };
+        for (g, k) in waiters.unwrap_or_default() {
+            g.fill(k, Err(f.clone()));
         }
     }
 }
@@ -668,6 +710,38 @@ mod tests {
         let s = c.stats();
         assert_eq!(s.decoded, 1, "{s:?}");
         assert_eq!(s.hits + s.misses, n as u64);
+    }
+
+    thread_local! {
+        /// A block whose decode panics, on this thread (tests only).
+        pub static PANIC_AT: std::cell::Cell<Option<Key>> = const { std::cell::Cell::new(None) };
+    }
+
+    #[test]
+    fn a_decode_that_panics_fails_its_readers_instead_of_stranding_them() {
+        let (_d, a) = archive("panics", 3, 0);
+        let c = BlockCache::new(1 << 30, 1).unwrap();
+        let o = origin(0, &a);
+        PANIC_AT.with(|p| p.set(Some((0, 1))));
+        // The kernel's request thread survives a panic (fs::guard); the
+        // reader must have had its answer by then.
+        let (tx, rx) = mpsc::channel();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.get_here(&o, &[1], Box::new(move |r| tx.send(r).unwrap()))
+        }));
+        PANIC_AT.with(|p| p.set(None));
+        assert!(r.is_err(), "the decode was to panic");
+        let e = rx.try_recv().expect("answered").unwrap_err();
+        assert!(e.to_string().contains("block 1"), "{e}");
+        // Later readers get the error at once, not a wait.
+        let e = get_sync(&c, &o, &[1]).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        // The other blocks are fine.
+        let mut dec = new_decompressor();
+        assert_eq!(
+            *get_sync(&c, &o, &[2]).unwrap()[0],
+            a.read_block(2, &mut dec).unwrap()
+        );
     }
 
     #[test]

@@ -19,8 +19,11 @@
 //! speed: the workers are never starved while the producer is faster than
 //! them, and when it is slower they wait for it however many buffers are
 //! empty. With the workers' zstd contexts (about 1.3 MiB each at level 3)
-//! and their frames, this keeps a snapshot within
-//! (2 × threads + 4) blocks plus its index.
+//! and their frames, this keeps a snapshot of compressible data within
+//! (2 × threads + 4) blocks plus its index. Incompressible data can hold
+//! more: each worker's scratch frame and up to threads + 1 frames waiting
+//! in the writer's reorder map are then each as large as a block, so about
+//! 3 × threads + 3 blocks at worst.
 
 use std::collections::{BTreeMap, HashSet};
 use std::os::fd::{AsRawFd, BorrowedFd};

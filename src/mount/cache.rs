@@ -454,7 +454,7 @@ impl Shared {
         let unwinding = FailOnUnwind {
             cache: self,
             b,
-            archive: archive.clone(),
+            archive: &archive,
         };
         #[cfg(test)]
         if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
@@ -511,7 +511,7 @@ impl Shared {
 struct FailOnUnwind<'a> {
     cache: &'a Shared,
     b: Key,
-    archive: Arc<Archive>,
+    archive: &'a Archive,
 }
 
 impl Drop for FailOnUnwind<'_> {
@@ -675,14 +675,25 @@ mod tests {
     }
 
     fn get_sync(c: &BlockCache, o: &Origin, blocks: &[u64]) -> Result<Vec<Data>, Failure> {
+        get_sync_on(c, o, blocks, false)
+    }
+
+    /// `get`, or `get_here` if `here`, waited for.
+    fn get_sync_on(
+        c: &BlockCache,
+        o: &Origin,
+        blocks: &[u64],
+        here: bool,
+    ) -> Result<Vec<Data>, Failure> {
         let (tx, rx) = mpsc::channel();
-        c.get(
-            o,
-            blocks,
-            Box::new(move |r| {
-                tx.send(r).unwrap();
-            }),
-        );
+        let done: Done = Box::new(move |r| {
+            tx.send(r).unwrap();
+        });
+        if here {
+            c.get_here(o, blocks, done);
+        } else {
+            c.get(o, blocks, done);
+        }
         rx.recv().unwrap()
     }
 
@@ -762,9 +773,7 @@ mod tests {
         assert_eq!(on, me);
         assert_eq!(*r.unwrap()[0], a.read_block(1, &mut dec).unwrap());
         // Two missing: the workers decode them, as get does.
-        let (tx, rx) = mpsc::channel();
-        c.get_here(&o, &[2, 3], Box::new(move |r| tx.send(r).unwrap()));
-        let got = rx.recv().unwrap().unwrap();
+        let got = get_sync_on(&c, &o, &[2, 3], true).unwrap();
         assert_eq!(*got[1], a.read_block(3, &mut dec).unwrap());
         // Many readers of one block at once, some decoding where they are:
         // one decode, and every reader gets the block.
@@ -775,14 +784,7 @@ mod tests {
                 let (c, barrier, o) = (c.clone(), barrier.clone(), o.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    let (tx, rx) = mpsc::channel();
-                    let done: Done = Box::new(move |r| tx.send(r).unwrap());
-                    if i % 2 == 0 {
-                        c.get_here(&o, &[0], done);
-                    } else {
-                        c.get(&o, &[0], done);
-                    }
-                    rx.recv().unwrap().unwrap()
+                    get_sync_on(&c, &o, &[0], i % 2 == 0).unwrap()
                 })
             })
             .collect();

@@ -492,15 +492,7 @@ impl Shared {
             let recycled = lock(&self.state).free.pop();
             *spare = match recycled {
                 Some(v) if v.capacity() >= want => v,
-                _ => {
-                    // Written, not calloc'ed (`vec![0; n]` maps pages
-                    // that fault on first use): the point is the faults.
-                    #[allow(clippy::slow_vector_initialization)]
-                    let mut v = Vec::with_capacity(want);
-                    v.resize(want, 0);
-                    v.clear();
-                    v
-                }
+                _ => crate::sys::populated_buffer(want),
             };
         }
     }

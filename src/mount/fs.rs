@@ -60,6 +60,9 @@ const IO_SIZE: u32 = 1 << 20;
 /// Reads this close to where the previous one ended count as sequential
 /// (the kernel's asynchronous reads may arrive slightly out of order).
 const SEQ_WINDOW: u64 = 1 << 20;
+/// How far reads away from a file's start must have gone, front to back,
+/// before they count as a stream worth reading ahead of.
+const SEQ_RUN: u64 = 512 << 10;
 /// Files whose read position is remembered for read-ahead.
 const SEQ_FILES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// Mode of the made-up top directory of a multi-archive mount: r-x for all.
@@ -134,8 +137,12 @@ struct DirInfo {
 /// Where the reads of one file have got to.
 #[derive(Debug, Clone, Copy, Default)]
 struct Seq {
+    /// Where the current run of nearby reads began (its lowest offset).
+    start: u64,
     /// End of the furthest recent read.
     end: u64,
+    /// Bytes the run's reads asked for.
+    read: u64,
     /// Read-ahead has been requested up to here.
     ahead: u64,
 }
@@ -590,10 +597,24 @@ impl HbbFs {
         let seq = seqs.get_or_insert_mut((view.origin.id, idx), Seq::default);
         if offset.abs_diff(seq.end) > SEQ_WINDOW {
             // A jump: start over from here, no read-ahead yet.
-            *seq = Seq { end, ahead: end };
+            *seq = Seq {
+                start: offset,
+                end,
+                read: len,
+                ahead: end,
+            };
             return None;
         }
+        seq.start = seq.start.min(offset);
         seq.end = seq.end.max(end);
+        seq.read = seq.read.saturating_add(len);
+        // A stream, not random reads near one another (a database's pages,
+        // say, which would have whole blocks decoded for nothing): from the
+        // file's start, or over a stretch of SEQ_RUN, and most of it read.
+        let span = seq.end - seq.start;
+        if !((seq.start == 0 || span >= SEQ_RUN) && seq.read >= span / 2) {
+            return None;
+        }
         // Top the window up once half of it has been consumed.
         if seq.ahead >= size || seq.ahead > seq.end.saturating_add(view.readahead / 2) {
             return None;

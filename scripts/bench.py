@@ -1133,6 +1133,11 @@ class Bench:
         n_cold = 200 if self.mode == "full" else 40
         n_win = 8 if self.mode == "full" else 3
         self.cold_passes = 3 if self.mode == "full" else 1
+        # Every case first (archive made, label known), then the passes: pass
+        # k of every case before pass k + 1 of any, starting at another case
+        # each time, so that a slow stretch of this shared machine falls on
+        # every tool alike instead of on whichever was being measured.
+        todo = []
         for m, tool, bs in cases:
             ext = {"hbb": "hbb", "squashfs": "sqfs", "borg": "borg", "restic": "restic"}[tool]
             eff_bs = bs or {"hbb": 2 * MiB, "squashfs": 128 * KiB}.get(tool)
@@ -1142,38 +1147,47 @@ class Bench:
             if tool == "hbb":
                 eff_bs = json.loads(out_of([self.hbb, "info", "--json", arc]))["block_size"]
             label = f"{m} {size_name(eff_bs) if eff_bs else ''}".strip()
-            if label in res["random"]:
+            if any(c["label"] == label for c in todo):
                 # hbb's default block is one of the sizes asked for: the
                 # same archive and mount, measured once.
-                say(f"random 4 KiB reads in L: {label}: the default block, measured above")
+                say(f"random 4 KiB reads in L: {label}: the default block, measured as such")
                 continue
-            say(f"random 4 KiB reads in L: {label}")
-            slot = max(eff_bs or 8 * MiB, 8 * MiB)
-            # L has room for only ~160 untouched regions, so a p99 of one
-            # pass is its second-slowest read: the cold reads are made in
-            # several passes, each on a new mount after the page cache is
-            # dropped, at other offsets (another seed), and pooled.
-            cold, cached = [], []
-            for k in range(self.cold_passes):
-                with self.mount_of(m, arc, ldir) as mo:
+            todo.append({"m": m, "arc": arc, "bs": bs, "eff_bs": eff_bs, "label": label,
+                         "cold": [], "cached": []})
+        # Archives made just now are flushed first: the first pass would
+        # otherwise share the disk with their writeback and journal.
+        os.sync()
+        time.sleep(2)
+        # L has room for only ~160 untouched regions, so a p99 of one pass is
+        # its second-slowest read: the cold reads are made in several passes,
+        # each on a new mount after the page cache is dropped, at other
+        # offsets (another seed), and pooled.
+        for k in range(self.cold_passes):
+            for j in range(len(todo)):
+                c = todo[(j + k) % len(todo)]
+                say(f"random 4 KiB reads in L: {c['label']} (pass {k + 1} of {self.cold_passes})")
+                slot = max(c["eff_bs"] or 8 * MiB, 8 * MiB)
+                with self.mount_of(c["m"], c["arc"], ldir) as mo:
                     path = os.path.join(mo.root, lrel)
-                    c, w = random_reads(path, lsize, slot, n_cold, n_win if k == 0 else 0, seed=4 + k)
-                    cold += c
-                    cached += w
+                    cold, cached = random_reads(path, lsize, slot, n_cold, n_win if k == 0 else 0, seed=4 + k)
+                    c["cold"] += cold
+                    c["cached"] += cached
                     if k == 0:
-                        mount_s = mo.mount_seconds
-                        rss = mo.rss()
-            r = lat_summary(cold, cached)
-            r["mount_s"] = mount_s
-            r["rss"], r["hwm"] = rss
-            r["archive_bytes"] = path_bytes(arc)
+                        c["mount_s"] = mo.mount_seconds
+                        c["rss_pair"] = mo.rss()
+        for c in todo:
+            r = lat_summary(c["cold"], c["cached"])
+            r["mount_s"] = c["mount_s"]
+            r["rss"], r["hwm"] = c["rss_pair"]
+            r["archive_bytes"] = path_bytes(c["arc"])
             r["ratio"] = linput / r["archive_bytes"]
-            r["block"] = eff_bs
-            r["tool"] = m
-            r["default"] = bs is None
-            say(f"  cold p50 {r['cold_p50_ms']:.2f} ms p99 {r['cold_p99_ms']:.2f} ms; cached p50 "
-                f"{r['cached_p50_ms']:.3f} ms p99 {r['cached_p99_ms']:.3f} ms; ratio {r['ratio']:.3f}")
-            res["random"][label] = r
+            r["block"] = c["eff_bs"]
+            r["tool"] = c["m"]
+            r["default"] = c["bs"] is None
+            say(f"random 4 KiB reads in L: {c['label']}: cold p50 {r['cold_p50_ms']:.2f} ms p99 "
+                f"{r['cold_p99_ms']:.2f} ms; cached p50 {r['cached_p50_ms']:.3f} ms p99 "
+                f"{r['cached_p99_ms']:.3f} ms; ratio {r['ratio']:.3f}")
+            res["random"][c["label"]] = r
         self.save("mount", res)
 
     def fig_sweep(self):
@@ -1659,7 +1673,8 @@ def render(results_dir, out, mode):
     w("- Random reads: 4 KiB `pread`s with `POSIX_FADV_RANDOM` in L through each mount. *Cold*: page cache "
       "dropped, then every read lands in a region of the file (max(block, 8 MiB)) that no earlier read "
       "touched; L has room for ~160 such reads, so figure 3 pools three such passes (a full run), each on a "
-      "new mount, at other offsets (*cold n* reads in all). *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
+      "new mount, at other offsets (*cold n* reads in all), the tools taking turns (pass 1 of each, then pass 2 "
+      "of each…) so that a slow stretch of the machine falls on all of them. *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
       "decompressed in the mount's cache, the page is not in the kernel's).")
     w("- Ratios: *× hbb* is the tool's figure divided by hbb's: above 1 means hbb is faster (or smaller). "
       "*runs s*: the fastest and slowest of the repetitions, to show the noise.")

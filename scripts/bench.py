@@ -1154,9 +1154,12 @@ class Bench:
                 continue
             todo.append({"m": m, "arc": arc, "bs": bs, "eff_bs": eff_bs, "label": label,
                          "cold": [], "cached": []})
-        # Archives made just now are flushed first: the first pass would
-        # otherwise share the disk with their writeback and journal.
+        # Archives made just now are flushed first (the first pass would
+        # otherwise share the disk with their writeback and journal), and
+        # dropped from the page cache: every mount then starts cold, the
+        # first one too (each pass drops the cache after its mount).
         os.sync()
+        drop_caches()
         time.sleep(2)
         # L has room for only ~160 untouched regions, so a p99 of one pass is
         # its second-slowest read: the cold reads are made in several passes,

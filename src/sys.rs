@@ -512,19 +512,33 @@ pub fn populated_buffer(n: usize) -> Vec<u8> {
         if hi <= lo {
             return v;
         }
-        // SAFETY: [lo, hi) lies inside `v`'s allocation, which we own;
-        // populating maps its pages in and changes no byte of it.
+        // SAFETY: [lo, hi) lies inside `v`'s allocation, which we own (the
+        // pointer is derived from `v`'s); populating maps its pages in and
+        // changes no byte of it.
         let r = unsafe {
             rustix::mm::madvise(
-                lo as *mut std::ffi::c_void,
+                v.as_mut_ptr().add(lo - start).cast(),
                 hi - lo,
                 rustix::mm::Advice::LinuxPopulateWrite,
             )
         };
-        if r.is_ok() {
-            return v;
+        match r {
+            Ok(()) => return v,
+            // Not this kernel (before 5.14), or not allowed (a seccomp
+            // filter): write the pages from now on. Anything else (ENOMEM
+            // under a cgroup's limit, say) is this call's: write them now.
+            Err(e)
+                if [
+                    rustix::io::Errno::INVAL,
+                    rustix::io::Errno::NOSYS,
+                    rustix::io::Errno::PERM,
+                ]
+                .contains(&e) =>
+            {
+                UNSUPPORTED.store(true, Ordering::Relaxed)
+            }
+            Err(_) => {}
         }
-        UNSUPPORTED.store(true, Ordering::Relaxed);
     }
     // Written, not calloc'ed (`vec![0; n]` maps pages that fault on first
     // use): the point is the faults.
@@ -555,7 +569,9 @@ mod tests {
     #[test]
     fn a_populated_buffer_is_mapped_before_it_is_written() {
         // Above glibc's largest mmap threshold (32 MiB): both buffers are
-        // fresh mappings, not memory the allocator touched before.
+        // fresh mappings, not memory the allocator touched before (unless
+        // MALLOC_PERTURB_ or MALLOC_MMAP_MAX_=0 is set, or swap takes pages
+        // of the first away before mincore looks).
         let n = 64 << 20;
         let v = populated_buffer(n);
         assert_eq!(v.len(), 0);

@@ -480,7 +480,7 @@ fn with_foreground_mount(t: &Tmp, arc: &Path, f: impl FnOnce(&Path)) -> PathBuf 
 }
 
 #[test]
-fn random_reads_near_one_another_read_nothing_ahead_and_a_stream_does() {
+fn random_or_backward_reads_read_nothing_ahead_and_a_stream_does() {
     require_root();
     let t = Tmp::new("mount-readahead");
     let (src, arc) = (t.path("src"), t.path("a.hbb"));
@@ -520,9 +520,34 @@ fn random_reads_near_one_another_read_nothing_ahead_and_a_stream_does() {
         "{}",
         fs::read_to_string(&log).unwrap()
     );
+    // Nor does a file read backwards, 64 KiB at a time: what lies ahead of
+    // such a run was read already.
+    let log = with_foreground_mount(&t, &arc, |mp| {
+        let f = fs::File::open(mp.join("big")).unwrap();
+        // SAFETY: advice on a file descriptor we own.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        assert_eq!(r, 0);
+        let mut chunk = vec![0u8; 64 << 10];
+        let mut off = 11_000_000 / 65536 * 65536;
+        while off >= 4_000_000 {
+            f.read_exact_at(&mut chunk, off).unwrap();
+            assert!(
+                chunk == want[off as usize..off as usize + chunk.len()],
+                "bytes at {off}"
+            );
+            off -= chunk.len() as u64;
+        }
+    });
+    assert_eq!(
+        read_ahead_blocks(&log),
+        0,
+        "{}",
+        fs::read_to_string(&log).unwrap()
+    );
     // A stream from the middle of the file still gets read-ahead.
     let log = with_foreground_mount(&t, &arc, |mp| {
         let f = fs::File::open(mp.join("big")).unwrap();
+        // SAFETY: advice on a file descriptor we own.
         let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
         assert_eq!(r, 0);
         let mut chunk = vec![0u8; 64 << 10];

@@ -595,8 +595,11 @@ impl HbbFs {
         }
         let mut seqs = lock(&self.seq);
         let seq = seqs.get_or_insert_mut((view.origin.id, idx), Seq::default);
-        if offset.abs_diff(seq.end) > SEQ_WINDOW {
-            // A jump: start over from here, no read-ahead yet.
+        // Near the run (the kernel's reads may arrive out of order, by a
+        // request or two), or a jump: start over from here, no read-ahead.
+        if offset > seq.end.saturating_add(SEQ_WINDOW)
+            || offset.saturating_add(SEQ_WINDOW) < seq.start
+        {
             *seq = Seq {
                 start: offset,
                 end,
@@ -611,8 +614,12 @@ impl HbbFs {
         // A stream, not random reads near one another (a database's pages,
         // say, which would have whole blocks decoded for nothing): from the
         // file's start, or over a stretch of SEQ_RUN, and most of it read.
+        // And this read at its front: a run read backwards has nothing
+        // ahead of it worth decoding.
         let span = seq.end - seq.start;
-        if !((seq.start == 0 || span >= SEQ_RUN) && seq.read >= span / 2) {
+        if !((seq.start == 0 || span >= SEQ_RUN) && seq.read >= span / 2)
+            || seq.end - end >= SEQ_RUN / 2
+        {
             return None;
         }
         // Top the window up once half of it has been consumed.

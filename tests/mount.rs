@@ -452,31 +452,56 @@ fn damaged_block_is_eio_for_its_file_only_and_logged() {
     );
 }
 
+/// The line `hbb mount` logs when it unmounts, with its cache counts.
+fn unmount_line(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap();
+    text.lines()
+        .find(|l| l.contains("unmounted; cache:"))
+        .unwrap_or_else(|| panic!("no unmount line in the log:\n{text}"))
+        .to_string()
+}
+
 /// The number of blocks the unmount line of `log` says were read ahead.
 fn read_ahead_blocks(log: &Path) -> u64 {
-    let text = fs::read_to_string(log).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains("unmounted; cache:"))
-        .unwrap_or_else(|| panic!("no unmount line in the log:\n{text}"));
+    let line = unmount_line(log);
     let (before, _) = line
         .split_once(" read ahead;")
         .unwrap_or_else(|| panic!("no read-ahead count in {line:?}"));
     before.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// Mounts `arc` in the foreground, runs `f` on the mount point, unmounts
-/// (SIGTERM) and returns the log.
-fn with_foreground_mount(t: &Tmp, arc: &Path, f: impl FnOnce(&Path)) -> PathBuf {
+/// Mounts `arc` in the foreground, reads `file` at each `(offset, len)` of
+/// `reads` in turn with the kernel's own read-ahead off (POSIX_FADV_RANDOM,
+/// so the mount sees these reads and no others), checks the bytes against
+/// `want`, unmounts (SIGTERM) and returns how many blocks the mount read
+/// ahead.
+fn blocks_read_ahead(
+    t: &Tmp,
+    arc: &Path,
+    file: &str,
+    want: &[u8],
+    reads: impl IntoIterator<Item = (u64, usize)>,
+) -> u64 {
     let (mp, log) = (t.path("mnt"), t.path("log"));
     let mut child = spawn_foreground(arc, &mp, &log, &[]);
     let g = Mounted::guard(&mp);
     wait_until("mount -f ready", 20, || is_mounted(&mp));
-    f(&mp);
+    let f = fs::File::open(mp.join(file)).unwrap();
+    // SAFETY: advice on a file descriptor we own.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    assert_eq!(r, 0);
+    let mut buf = Vec::new();
+    for (off, len) in reads {
+        buf.resize(len, 0);
+        f.read_exact_at(&mut buf, off).unwrap();
+        let at = off as usize;
+        assert!(buf == want[at..at + len], "bytes at {off}");
+    }
+    drop(f);
     kill(child.id() as i32, libc::SIGTERM);
     assert!(child.wait().unwrap().success());
     drop(g);
-    log
+    read_ahead_blocks(&log)
 }
 
 #[test]
@@ -485,96 +510,37 @@ fn random_or_backward_reads_read_nothing_ahead_and_a_stream_does() {
     let t = Tmp::new("mount-readahead");
     let (src, arc) = (t.path("src"), t.path("a.hbb"));
     fs::create_dir(&src).unwrap();
-    let size = 12_000_000;
-    write_pattern(&src.join("big"), size, 5);
-    let want = pattern(size, 5);
+    let size = 12_000_000u64;
+    write_pattern(&src.join("big"), size as usize, 5);
+    let want = pattern(size as usize, 5);
     snapshot(&src, &arc, &[]);
-    // 4 KiB reads in shuffled order inside 128 KiB windows far apart, with
-    // the kernel's own read-ahead off, as a database or the benchmark's
-    // cached reads make them: each window's blocks are decoded, and no
-    // more (the old rule took any read within 1 MiB of the last for a
-    // stream, and decoded the next blocks for nothing).
-    let log = with_foreground_mount(&t, &arc, |mp| {
-        let f = fs::File::open(mp.join("big")).unwrap();
-        // SAFETY: advice on a file descriptor we own.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-        assert_eq!(r, 0);
-        let mut page = vec![0u8; 4096];
-        for w in 1..6u64 {
-            let base = w * 2_000_000 / 4096 * 4096;
-            let mut order: Vec<u64> = (0..32).collect();
-            order.sort_by_key(|i| (i * 13 + w * 7) % 32);
-            for i in order {
-                let off = base + i * 4096;
-                f.read_exact_at(&mut page, off).unwrap();
-                assert!(
-                    page == want[off as usize..off as usize + 4096],
-                    "bytes at {off}"
-                );
-            }
-        }
+    let chunk = 64 << 10;
+    // 4 KiB reads in shuffled order inside 128 KiB windows far apart, as a
+    // database or the benchmark's cached reads make them: each window's
+    // blocks are decoded, and no more (the first rule took any read within
+    // 1 MiB of the last for a stream, and decoded the next blocks for
+    // nothing).
+    let shuffled = (1..6u64).flat_map(|w| {
+        let base = w * 2_000_000 / 4096 * 4096;
+        let mut order: Vec<u64> = (0..32).collect();
+        order.sort_by_key(|i| (i * 13 + w * 7) % 32);
+        order.into_iter().map(move |i| (base + i * 4096, 4096))
     });
-    assert_eq!(
-        read_ahead_blocks(&log),
-        0,
-        "{}",
-        fs::read_to_string(&log).unwrap()
-    );
+    assert_eq!(blocks_read_ahead(&t, &arc, "big", &want, shuffled), 0);
     // Nor does a file read backwards, 64 KiB at a time: what lies ahead of
     // such a run was read already.
-    let log = with_foreground_mount(&t, &arc, |mp| {
-        let f = fs::File::open(mp.join("big")).unwrap();
-        // SAFETY: advice on a file descriptor we own.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-        assert_eq!(r, 0);
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut off = 11_000_000 / 65536 * 65536;
-        while off >= 4_000_000 {
-            f.read_exact_at(&mut chunk, off).unwrap();
-            assert!(
-                chunk == want[off as usize..off as usize + chunk.len()],
-                "bytes at {off}"
-            );
-            off -= chunk.len() as u64;
-        }
-    });
-    assert_eq!(
-        read_ahead_blocks(&log),
-        0,
-        "{}",
-        fs::read_to_string(&log).unwrap()
-    );
+    let backwards = (4_000_000 / chunk..=11_000_000 / chunk)
+        .rev()
+        .map(|k| (k * chunk, chunk as usize));
+    assert_eq!(blocks_read_ahead(&t, &arc, "big", &want, backwards), 0);
     // A stream from the middle of the file still gets read-ahead.
-    let log = with_foreground_mount(&t, &arc, |mp| {
-        let f = fs::File::open(mp.join("big")).unwrap();
-        // SAFETY: advice on a file descriptor we own.
-        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
-        assert_eq!(r, 0);
-        let mut chunk = vec![0u8; 64 << 10];
-        let mut off = 4_000_000u64;
-        while off + chunk.len() as u64 <= size as u64 {
-            f.read_exact_at(&mut chunk, off).unwrap();
-            assert!(
-                chunk == want[off as usize..off as usize + chunk.len()],
-                "bytes at {off}"
-            );
-            off += chunk.len() as u64;
-        }
-    });
-    assert!(
-        read_ahead_blocks(&log) > 0,
-        "{}",
-        fs::read_to_string(&log).unwrap()
-    );
+    let forwards = (4_000_000 / chunk..size / chunk).map(|k| (k * chunk, chunk as usize));
+    assert!(blocks_read_ahead(&t, &arc, "big", &want, forwards) > 0);
 }
 
 /// The number of files the unmount line of `log` says were pushed ahead.
 fn pushed_files(log: &Path) -> u64 {
-    let text = fs::read_to_string(log).unwrap();
-    let line = text
-        .lines()
-        .find(|l| l.contains("unmounted; cache:"))
-        .unwrap_or_else(|| panic!("no unmount line in the log:\n{text}"));
+    let line = unmount_line(log);
     let (_, after) = line
         .split_once("read ahead; ")
         .unwrap_or_else(|| panic!("no push counts in {line:?}"));

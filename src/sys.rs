@@ -493,8 +493,8 @@ pub fn private_temp_dir(prefix: &str) -> crate::error::Result<TempDir> {
 /// A buffer of `n` bytes' capacity (length 0) whose pages are already
 /// mapped and writable, so that filling it takes no page faults: one
 /// `madvise(MADV_POPULATE_WRITE)` (Linux 5.14) maps them in a batch, where
-/// touching them one by one costs a fault each — a quarter of a mount's
-/// CPU when every read lands in a new block. On older kernels the pages
+/// touching them one by one costs a fault each — about a fifth of a mount's
+/// CPU when every read lands in a new block (perf). On older kernels the pages
 /// are written instead.
 pub fn populated_buffer(n: usize) -> Vec<u8> {
     static UNSUPPORTED: AtomicBool = AtomicBool::new(false);

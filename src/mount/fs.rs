@@ -57,8 +57,8 @@ use crate::archive::{Archive, Block, BlockLoc, Body, Extent, Inode, MAX_NAME_LEN
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// `st_blksize`: the preferred I/O size, which `cp` and friends read by.
 const IO_SIZE: u32 = 1 << 20;
-/// Reads this close to where the previous one ended count as sequential
-/// (the kernel's asynchronous reads may arrive slightly out of order).
+/// Reads this close to a file's current run of reads (either end) belong to
+/// it (the kernel's asynchronous reads may arrive slightly out of order).
 const SEQ_WINDOW: u64 = 1 << 20;
 /// How far reads away from a file's start must have gone, front to back,
 /// before they count as a stream worth reading ahead of.

@@ -234,15 +234,16 @@ pub struct Index {
     pub sources: Vec<ExternalSource>,
 }
 
-/// An [`Index`] to encode, borrowing its parts, with the directory entries
-/// in any form that encodes as `Vec<Dirent>` does: what a snapshot writes
-/// without first building an `Index`. The fields are `Index`'s, in its
-/// order, so the encoding is the same.
+/// An [`Index`] to encode, borrowing its parts, with the inodes and the
+/// directory entries in any form that encodes as `Vec<Inode>` and
+/// `Vec<Dirent>` do: what a snapshot writes without first building an
+/// `Index`. The fields are `Index`'s, in its order, so the encoding is the
+/// same.
 #[derive(Serialize)]
-pub struct IndexOut<'a, D: Serialize> {
+pub struct IndexOut<'a, I: Serialize, D: Serialize> {
     pub meta: &'a Meta,
     pub blocks: &'a [Block],
-    pub inodes: &'a [Inode],
+    pub inodes: &'a I,
     pub dirents: &'a D,
     pub sources: &'a [ExternalSource],
 }

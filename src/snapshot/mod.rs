@@ -6,6 +6,7 @@
 //!             └► volume: read device/image sequentially ─► pipeline ─► writer ─► index + footer
 //! ```
 
+pub mod inodes;
 pub mod pipeline;
 pub mod volume;
 pub mod walk;
@@ -21,6 +22,7 @@ use crate::archive::*;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::sys;
+use inodes::Run;
 use walk::{FileJob, Tree};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -336,34 +338,21 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                     source_ids[ino as usize] = (dev, i);
                 }
             }
-            for s in r.stored {
-                let extents = Box::new([Extent {
-                    offset: 0,
-                    stream: s.stream,
-                    len: s.size,
-                }]);
-                tree.inodes[s.ino as usize].body = Body::File {
-                    size: s.size,
-                    extents,
-                };
-            }
-            for (ino, size, extents) in r.scattered {
-                tree.inodes[ino as usize].body = Body::File {
-                    size,
-                    extents: extents.into(),
-                };
-            }
+            let mut other: Vec<(u32, u64, Box<[Extent]>)> = r
+                .scattered
+                .into_iter()
+                .map(|(ino, size, extents)| (ino, size, extents.into()))
+                .collect();
             if let Some(p) = parent {
-                reuse_files(p, &reused, &mut writer, &mut tree.inodes);
+                other.extend(reuse_files(p, &reused, &mut writer));
+                other.sort_unstable_by_key(|o| o.0);
             }
+            tree.inodes.set_files(r.stored, other);
             stats.bytes_read = r.bytes_read;
             stats.dup_files = r.dup_files;
             tree.warnings.extend(r.warnings);
-            for &f in &r.failed {
-                if let Body::File { .. } = tree.inodes[f as usize].body {
-                    stats.files -= 1;
-                }
-            }
+            // Only regular files fail to be read.
+            stats.files -= r.failed.len() as u64;
             if !source_ids.is_empty() && !r.failed.is_empty() {
                 let failed: std::collections::HashSet<u32> = r.failed.iter().copied().collect();
                 let mut k = 0u32;
@@ -379,10 +368,8 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
             let (extents, size) = pipeline::run(&cfg, &mut writer, &progress, |sink| {
                 volume::read_volume(device, sink, &progress)
             })?;
-            tree.inodes[1].body = Body::File {
-                size,
-                extents: extents.into(),
-            };
+            tree.inodes
+                .set_files(Vec::new(), vec![(1, size, extents.into())]);
             stats.bytes_read = size;
         }
     }
@@ -514,10 +501,16 @@ fn unchanged_in(p: &Archive, root: &Path, f: &FileJob) -> Option<u32> {
 
 /// Gives each reused file the parent's data: the parent's blocks it
 /// touches are appended to this snapshot's block list (once each) and its
-/// extents are moved onto them, split at block boundaries.
-fn reuse_files(p: &Archive, reused: &[(u32, u32)], w: &mut ArchiveWriter, inodes: &mut [Inode]) {
+/// extents are moved onto them, split at block boundaries. Returns each
+/// file's (inode, size, extents).
+fn reuse_files(
+    p: &Archive,
+    reused: &[(u32, u32)],
+    w: &mut ArchiveWriter,
+) -> Vec<(u32, u64, Box<[Extent]>)> {
     let bs = p.block_size();
     let mut map: HashMap<u64, u64> = HashMap::new();
+    let mut files = Vec::with_capacity(reused.len());
     for &(ino, pi) in reused {
         let Body::File { size, extents } = &p.inode(pi).body else {
             continue;
@@ -550,11 +543,9 @@ fn reuse_files(p: &Archive, reused: &[(u32, u32)], w: &mut ArchiveWriter, inodes
                 done += n;
             }
         }
-        inodes[ino as usize].body = Body::File {
-            size: *size,
-            extents: out.into(),
-        };
+        files.push((ino, *size, out.into()));
     }
+    files
 }
 
 /// The tree of a volume archive: a root holding one file named after the source.
@@ -586,8 +577,11 @@ fn volume_tree(device: &Path) -> Result<Tree> {
     uids.insert(md.uid(), ());
     let mut gids = std::collections::BTreeMap::new();
     gids.insert(md.gid(), ());
+    let mut inodes = inodes::Inodes::default();
+    inodes.push(&root);
+    inodes.push(&file);
     Ok(Tree {
-        inodes: vec![root, file],
+        inodes,
         dirents: {
             let mut d = walk::Dirents::default();
             d.push(&walk::name_of(device), 1);
@@ -606,7 +600,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
 
 struct ReadResult {
     /// Each file read whose bytes are one run of the stream.
-    stored: Vec<Stored>,
+    stored: Vec<Run>,
     /// The other files read (empty ones, and sparse ones: no extent,
     /// several, or one that does not start at offset 0 or stops short of
     /// the size): (inode, size, extents).
@@ -730,7 +724,7 @@ fn read_files(
                         r.warnings.push(format!("{}: {why}", job.path.display()));
                     }
                     match extents[..] {
-                        [e] if e.offset == 0 && e.len == size => r.stored.push(Stored {
+                        [e] if e.offset == 0 && e.len == size => r.stored.push(Run {
                             ino: job.inode,
                             size,
                             stream: e.stream,
@@ -748,15 +742,6 @@ fn read_files(
         drop(rx);
     });
     Ok(r)
-}
-
-/// A file read whose bytes are the stream's `stream .. stream + size`:
-/// nearly every file. 24 bytes, and no heap allocation, until the extents
-/// go into the tree at the end.
-struct Stored {
-    ino: u32,
-    size: u64,
-    stream: u64,
 }
 
 /// The small files read so far, by the BLAKE3 of their bytes: where in the

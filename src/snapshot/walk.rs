@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use super::inodes::Inodes;
 use crate::archive::{Body, Inode, Stats, Time};
 use crate::error::{Error, IoContext, Result};
 use crate::sys;
@@ -79,7 +80,7 @@ pub struct FileJob {
 }
 
 pub struct Tree {
-    pub inodes: Vec<Inode>,
+    pub inodes: Inodes,
     pub dirents: Dirents,
     /// Where the walk hands each regular file, in walk order, as soon as
     /// it is found: the read pass runs alongside it.
@@ -94,7 +95,7 @@ impl Tree {
     /// No entries yet.
     pub fn empty() -> Tree {
         Tree {
-            inodes: Vec::new(),
+            inodes: Inodes::default(),
             dirents: Dirents::default(),
             files: None,
             warnings: Vec::new(),
@@ -237,7 +238,7 @@ pub fn walk(
         Vec::new()
     });
     t.inodes
-        .push(inode_from(&rmd, Body::Dir { first: 0, count: 0 }, xattrs));
+        .push(&inode_from(&rmd, Body::Dir { first: 0, count: 0 }, xattrs));
     t.uids.insert(rmd.uid(), ());
     t.gids.insert(rmd.gid(), ());
     t.stats.dirs += 1;
@@ -267,7 +268,7 @@ pub fn walk(
         drop(req_rx);
         let ahead = if threads > 1 { 4 * threads } else { 0 };
         let mut stack: Vec<Pending> = vec![Pending {
-            ino: 0,
+            dir_no: 0,
             dir: root.to_path_buf(),
             rel: PathBuf::new(),
             scan: None,
@@ -275,7 +276,7 @@ pub fn walk(
         while let Some(p) = stack.pop() {
             let scanned = match p.scan.and_then(|rx| rx.recv().ok()) {
                 Some(r) => r,
-                None => scan(&p.dir, &p.rel, p.ino == 0, excludes, 0),
+                None => scan(&p.dir, &p.rel, p.dir_no == 0, excludes, 0),
             };
             let first = t.dirents.len() as u32;
             let mut subdirs = Vec::new();
@@ -299,7 +300,7 @@ pub fn walk(
                     .push(format!("{}: reading directory: {e}", p.dir.display())),
             }
             let count = t.dirents.len() as u32 - first;
-            t.inodes[p.ino as usize].body = Body::Dir { first, count };
+            t.inodes.set_dir(p.dir_no, first, count);
             // Reversed, so that the first subdirectory is walked first.
             stack.extend(subdirs.into_iter().rev());
             // Have the helpers scan the directories next in line.
@@ -327,7 +328,8 @@ pub fn walk(
 
 /// A directory still to walk, and its scan if a helper was asked for it.
 struct Pending {
-    ino: u32,
+    /// Its number among the directories (`Inodes::set_dir`); the root's is 0.
+    dir_no: u32,
     /// The absolute path, and the path relative to the root.
     dir: PathBuf,
     rel: PathBuf,
@@ -460,7 +462,7 @@ fn add_entry(
         && md.nlink > 1
         && let Some(&existing) = links.get(&(md.dev, md.ino))
     {
-        t.inodes[existing as usize].nlink += 1;
+        t.inodes.add_link(existing);
         t.stats.hardlinks += 1;
         t.dirents.push(name.as_bytes(), existing);
         return;
@@ -476,7 +478,7 @@ fn add_entry(
             t.stats.dirs += 1;
             if !one_file_system || md.dev == root_dev {
                 subdirs.push(Pending {
-                    ino: id,
+                    dir_no: t.inodes.next_dir(),
                     dir: path,
                     rel: rel.join(OsStr::from_bytes(name.to_bytes())),
                     scan: None,
@@ -547,7 +549,7 @@ fn add_entry(
     }
     t.uids.insert(md.uid, ());
     t.gids.insert(md.gid, ());
-    t.inodes.push(inode_from_stat(&md, body, xattrs));
+    t.inodes.push(&inode_from_stat(&md, body, xattrs));
     t.dirents.push(name.as_bytes(), id);
 }
 
@@ -560,35 +562,7 @@ pub fn drop_inodes(t: &mut Tree, failed: &[u32]) {
     for &i in failed {
         gone[i as usize] = true;
     }
-    let mut map = vec![u32::MAX; t.inodes.len()];
-    let mut next = 0u32;
-    for (i, g) in gone.iter().enumerate() {
-        if !g {
-            map[i] = next;
-            next += 1;
-        }
-    }
-    let old_dirents = std::mem::take(&mut t.dirents);
-    let old_inodes = std::mem::take(&mut t.inodes);
-    for (i, mut ino) in old_inodes.into_iter().enumerate() {
-        if gone[i] {
-            continue;
-        }
-        if let Body::Dir { first, count } = ino.body {
-            let nf = t.dirents.len() as u32;
-            for d in first..first + count {
-                let (name, inode) = old_dirents.get(d);
-                if !gone[inode as usize] {
-                    t.dirents.push(name, map[inode as usize]);
-                }
-            }
-            ino.body = Body::Dir {
-                first: nf,
-                count: t.dirents.len() as u32 - nf,
-            };
-        }
-        t.inodes.push(ino);
-    }
+    t.inodes.drop_marked(&gone, &mut t.dirents);
 }
 
 pub fn name_of(p: &Path) -> Vec<u8> {

@@ -22,7 +22,7 @@ use crate::archive::*;
 use crate::error::{Error, IoContext, Result};
 use crate::progress::Progress;
 use crate::sys;
-use inodes::Run;
+use inodes::{Run, Runs};
 use walk::{FileJob, Tree};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -369,7 +369,7 @@ pub fn snapshot(o: &Options) -> Result<Outcome> {
                 volume::read_volume(device, sink, &progress)
             })?;
             tree.inodes
-                .set_files(Vec::new(), vec![(1, size, extents.into())]);
+                .set_files(Runs::default(), vec![(1, size, extents.into())]);
             stats.bytes_read = size;
         }
     }
@@ -600,7 +600,7 @@ fn volume_tree(device: &Path) -> Result<Tree> {
 
 struct ReadResult {
     /// Each file read whose bytes are one run of the stream.
-    stored: Vec<Run>,
+    stored: Runs,
     /// The other files read (empty ones, and sparse ones: no extent,
     /// several, or one that does not start at offset 0 or stops short of
     /// the size): (inode, size, extents).
@@ -628,7 +628,7 @@ fn read_files(
     progress: &Progress,
 ) -> Result<ReadResult> {
     let mut r = ReadResult {
-        stored: Vec::new(),
+        stored: Runs::default(),
         scattered: Vec::new(),
         reused: Vec::new(),
         ids: Vec::new(),

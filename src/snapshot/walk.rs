@@ -17,37 +17,40 @@ use crate::error::{Error, IoContext, Result};
 use crate::sys;
 
 /// The tree's directory entries, in `Index::dirents` order, their names
-/// packed in one buffer: 16 bytes and the name's bytes an entry, where a
+/// packed in one buffer: 12 bytes and the name's bytes an entry, where a
 /// [`crate::archive::Dirent`] takes 32 and a heap block of its own for the
 /// name (32 bytes or more). Encodes as `Vec<Dirent>` does.
 #[derive(Default)]
 pub struct Dirents {
     names: Vec<u8>,
-    /// Each entry's name (its end in `names`; it starts where the previous
-    /// one ends) and inode.
-    ents: Vec<(u64, u32)>,
+    /// Each entry's name's end in `names` (it starts where the previous
+    /// one ends), and its inode: two lists, as a list of pairs would pad
+    /// each to 16 bytes.
+    ends: Vec<u64>,
+    inodes: Vec<u32>,
 }
 
 impl Dirents {
     pub fn len(&self) -> usize {
-        self.ents.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ents.is_empty()
+        self.ends.is_empty()
     }
 
     pub fn push(&mut self, name: &[u8], inode: u32) {
         self.names.extend_from_slice(name);
-        self.ents.push((self.names.len() as u64, inode));
+        self.ends.push(self.names.len() as u64);
+        self.inodes.push(inode);
     }
 
     /// Entry `i`: its name and inode.
     pub fn get(&self, i: u32) -> (&[u8], u32) {
         let i = i as usize;
-        let start = if i == 0 { 0 } else { self.ents[i - 1].0 };
-        let (end, inode) = self.ents[i];
-        (&self.names[start as usize..end as usize], inode)
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let end = self.ends[i];
+        (&self.names[start as usize..end as usize], self.inodes[i])
     }
 }
 

@@ -10,6 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use hbb::archive::{VERSION_MAJOR, VERSION_MINOR};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -76,8 +77,10 @@ fn write_fixtures() {
     fixture_tree(&t.path("tree"));
     fixture_volume(&t.path("volume.img"));
     let env = [("SOURCE_DATE_EPOCH", "1764000000")];
-    let tree = fixtures().join("v1.0-tree.hbb");
-    let vol = fixtures().join("v1.0-volume.hbb");
+    // Named after the version this hbb writes.
+    let v = format!("v{VERSION_MAJOR}.{VERSION_MINOR}");
+    let tree = fixtures().join(format!("{v}-tree.hbb"));
+    let vol = fixtures().join(format!("{v}-volume.hbb"));
     assert_ok(&hbb_env(
         &[
             "snapshot",
@@ -104,13 +107,23 @@ fn write_fixtures() {
 
 #[test]
 fn format_1_0_tree_still_reads() {
-    let t = Tmp::new("compat-tree");
+    tree_still_reads("1.0");
+}
+
+/// 1.2 adds frame checks: the fixture's blocks are read through them.
+#[test]
+fn format_1_2_tree_still_reads() {
+    tree_still_reads("1.2");
+}
+
+fn tree_still_reads(version: &str) {
+    let t = Tmp::new(&format!("compat-tree-{version}"));
     let expected = t.path("expected");
     fixture_tree(&expected);
-    let arc = fixtures().join("v1.0-tree.hbb");
+    let arc = fixtures().join(format!("v{version}-tree.hbb"));
     let a = arc.to_str().unwrap();
     let info = info_json(&arc);
-    assert_eq!(info["format_version"], "1.0");
+    assert_eq!(info["format_version"], version);
     assert_eq!(info["started"], "2025-11-24T16:00:00Z");
     assert_ok(&hbb(&["verify", "-q", a]));
     let dst = t.path("dst");
@@ -127,10 +140,19 @@ fn format_1_0_tree_still_reads() {
 
 #[test]
 fn format_1_0_volume_still_reads() {
-    let t = Tmp::new("compat-volume");
+    volume_still_reads("1.0");
+}
+
+#[test]
+fn format_1_2_volume_still_reads() {
+    volume_still_reads("1.2");
+}
+
+fn volume_still_reads(version: &str) {
+    let t = Tmp::new(&format!("compat-volume-{version}"));
     let expected = t.path("volume.img");
     fixture_volume(&expected);
-    let arc = fixtures().join("v1.0-volume.hbb");
+    let arc = fixtures().join(format!("v{version}-volume.hbb"));
     assert_ok(&hbb(&["verify", "-q", arc.to_str().unwrap()]));
     let out = t.path("out.img");
     assert_ok(&hbb(&[
@@ -140,4 +162,37 @@ fn format_1_0_volume_still_reads() {
         out.to_str().unwrap(),
     ]));
     cmp(&expected, &out);
+}
+
+/// Each version's reads catch a damaged frame: 1.2 by the frame's check,
+/// before decoding it; 1.0 (no frame checks) by decoding it and checking
+/// the content hash.
+#[test]
+fn a_damaged_frame_is_caught_with_or_without_frame_checks() {
+    let t = Tmp::new("compat-damaged");
+    for (version, why) in [
+        (
+            "1.0",
+            "block 1 (archive offset 96): frame does not decompress",
+        ),
+        ("1.2", "block 1 (archive offset 96): frame check mismatch"),
+    ] {
+        let arc = t.path(&format!("{version}.hbb"));
+        let mut bytes = fs::read(fixtures().join(format!("v{version}-tree.hbb"))).unwrap();
+        // Inside the second frame (the first is the 32 bytes at 64).
+        bytes[64 + 40] ^= 0x10;
+        fs::write(&arc, &bytes).unwrap();
+        let dst = t.path(&format!("dst-{version}"));
+        let o = hbb(&[
+            "restore",
+            "-q",
+            arc.to_str().unwrap(),
+            dst.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{version}: {}", stderr(&o));
+        let v = hbb(&["verify", arc.to_str().unwrap()]);
+        assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
+        assert!(stderr(&v).contains(why), "{version}: {}", stderr(&v));
+    }
 }

@@ -90,6 +90,35 @@ fn craft(path: &Path, frames: Vec<(Vec<u8>, u32, [u8; 32])>, edit: impl FnOnce(&
     w.finish(&index, &Default::default(), 3).unwrap();
 }
 
+/// Rewrites the archive at `path` as a 1.1 writer would have: its index
+/// without the frame checks, version 1.1 in the header and footer.
+fn drop_frame_checks(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let at = bytes.len() - FOOTER_SIZE;
+    let mut f = Footer::decode(&bytes[at..].try_into().unwrap()).unwrap();
+    let start = f.index_offset as usize;
+    let raw = zstd::stream::decode_all(&bytes[start..at]).unwrap();
+    let (index, rest): (Index, &[u8]) = postcard::take_from_bytes(&raw).unwrap();
+    let (ext, rest): (Extension, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+    let (checks, rest): (FrameChecks, &[u8]) = postcard::take_from_bytes(rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(checks.checks.len(), index.blocks.len());
+    let mut plain = postcard::to_stdvec(&index).unwrap();
+    plain.extend(postcard::to_stdvec(&ext).unwrap());
+    let comp = zstd::bulk::compress(&plain, 3).unwrap();
+    let mut h = Header::decode(&bytes[..HEADER_SIZE].try_into().unwrap()).unwrap();
+    h.version_minor = 1;
+    bytes[..HEADER_SIZE].copy_from_slice(&h.encode());
+    f.version_minor = 1;
+    f.index_clen = comp.len() as u64;
+    f.index_rlen = plain.len() as u64;
+    f.index_hash = *blake3::hash(&comp).as_bytes();
+    bytes.truncate(start);
+    bytes.extend(&comp);
+    bytes.extend(f.encode());
+    fs::write(path, &bytes).unwrap();
+}
+
 fn block(data: &[u8]) -> (Vec<u8>, u32, [u8; 32]) {
     (
         zstd::bulk::compress(data, 3).unwrap(),
@@ -494,10 +523,37 @@ fn lying_frames_cost_only_their_files() {
     let o = hbb(&["restore", s.a(), s.d()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(fs::read(s.dest.join("good")).unwrap(), b"good data");
-    for f in ["liar", "bomb", "wrong"] {
+    for f in ["liar", "bomb"] {
         assert!(!s.dest.join(f).exists(), "{f} restored from a bad block");
         assert!(stderr(&o).contains(f), "{}", stderr(&o));
     }
+    // Reading trusts a frame that matches its frame check (format 1.2)
+    // and leaves the content hash to verify, above: what the frame holds.
+    assert_eq!(fs::read(s.dest.join("wrong")).unwrap(), b"tampered!");
+    s.outside_untouched();
+
+    // The same archive without its frame checks (as 1.0 and 1.1 wrote
+    // them): reading checks every content hash, and the lie costs its file.
+    let s = scene("frames-1.1");
+    let mut wrong = block(b"tampered!");
+    wrong.2 = [9; 32];
+    craft(&s.arc, vec![block(b"good data"), wrong], |ix| {
+        tree(
+            ix,
+            &[(b"good", 1), (b"wrong", 2)],
+            vec![file(0, 9), file(BS, 9)],
+        );
+    });
+    drop_frame_checks(&s.arc);
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(fs::read(s.dest.join("good")).unwrap(), b"good data");
+    assert!(!s.dest.join("wrong").exists(), "restored from a bad block");
+    assert!(
+        stderr(&o).contains("content hash mismatch"),
+        "{}",
+        stderr(&o)
+    );
     s.outside_untouched();
 }
 
@@ -595,7 +651,7 @@ fn other_formats_and_future_versions() {
     h[header::CHECK..header::CHECK + 4].copy_from_slice(&c.to_le_bytes());
     bytes[..HEADER_SIZE].copy_from_slice(&h);
     fs::write(&s.arc, &bytes).unwrap();
-    refused(&s, "version 2.1 is not supported");
+    refused(&s, &format!("version 2.{VERSION_MINOR} is not supported"));
     // A flag this version does not know: refused, not ignored.
     let s3 = scene("flags");
     craft(&s3.arc, vec![], |_| {});

@@ -345,7 +345,11 @@ pub struct ArchiveWriter {
     pos: u64,
     header: Header,
     blocks: Vec<Block>,
-    frames: HashMap<[u8; 32], FrameLoc>,
+    /// Each stored frame by its block's hash: where, and its frame check
+    /// (zero if unknown).
+    frames: HashMap<[u8; 32], (FrameLoc, [u8; 16])>,
+    /// Each block's frame check (1.2), in block order.
+    checks: Vec<[u8; 16]>,
     packs: Option<Packs>,
     /// Pack mode: the frames this writer stored (hash, block length, where).
     new_frames: Vec<([u8; 32], u32, FrameLoc)>,
@@ -370,6 +374,7 @@ impl ArchiveWriter {
             header,
             blocks: Vec::new(),
             frames: HashMap::new(),
+            checks: Vec::new(),
             packs: None,
             new_frames: Vec::new(),
             stored_bytes: 0,
@@ -385,7 +390,12 @@ impl ArchiveWriter {
         packs: Box<dyn FrameSink>,
         known: HashMap<[u8; 32], FrameLoc>,
     ) -> ArchiveWriter {
-        self.frames = known;
+        // Their frame checks are not known here: the content hash is
+        // checked for them on reading.
+        self.frames = known
+            .into_iter()
+            .map(|(h, at)| (h, (at, [0; 16])))
+            .collect();
         self.packs = Some(Packs {
             writer: packs,
             sources: Vec::new(),
@@ -429,7 +439,7 @@ impl ArchiveWriter {
                 }
             }
         }
-        for at in self.frames.values_mut() {
+        for (at, _) in self.frames.values_mut() {
             *at = real(*at)?;
         }
         for (block, ticket) in fixups {
@@ -485,16 +495,24 @@ impl ArchiveWriter {
     }
 
     /// Appends a block already stored in a pack (an unchanged file's block
-    /// taken from an earlier snapshot); returns its index.
-    pub fn push_stored(&mut self, len: u32, hash: [u8; 32], at: Option<FrameLoc>) -> u64 {
+    /// taken from an earlier snapshot, with its frame check there, zero if
+    /// none); returns its index.
+    pub fn push_stored(
+        &mut self,
+        len: u32,
+        hash: [u8; 32],
+        at: Option<FrameLoc>,
+        check: [u8; 16],
+    ) -> u64 {
         let loc = match at {
             None => BlockLoc::Zero,
             Some(at) => {
-                self.frames.entry(hash).or_insert(at);
+                self.frames.entry(hash).or_insert((at, check));
                 self.block_loc(self.blocks.len() as u64, at)
             }
         };
         self.blocks.push(Block { len, hash, loc });
+        self.checks.push(if at.is_some() { check } else { [0; 16] });
         (self.blocks.len() - 1) as u64
     }
 
@@ -512,10 +530,12 @@ impl ArchiveWriter {
                 hash: [0; 32],
                 loc: BlockLoc::Zero,
             });
+            self.checks.push([0; 16]);
         }
         debug_assert_eq!(self.blocks.len() as u64, index);
         let zero = matches!(payload, Payload::Zero);
         let is_raw = matches!(payload, Payload::Raw(_));
+        let mut check = [0; 16];
         let loc = match payload {
             Payload::Zero => {
                 self.zero_blocks += 1;
@@ -525,7 +545,8 @@ impl ArchiveWriter {
                 if self.frames.contains_key(&hash) =>
             {
                 self.dup_blocks += 1;
-                let at = self.frames[&hash];
+                let (at, c) = self.frames[&hash];
+                check = c;
                 self.block_loc(index, at)
             }
             Payload::Known => {
@@ -559,8 +580,9 @@ impl ArchiveWriter {
                 };
                 if !is_raw {
                     self.stored_bytes += data.len() as u64;
+                    check = frame_check(&data);
                 }
-                self.frames.insert(hash, at);
+                self.frames.insert(hash, (at, check));
                 if self.packs.is_some() {
                     self.new_frames.push((hash, len, at));
                 }
@@ -572,6 +594,7 @@ impl ArchiveWriter {
             hash: if zero { [0; 32] } else { hash },
             loc,
         });
+        self.checks.push(check);
         Ok(())
     }
 
@@ -592,8 +615,8 @@ impl ArchiveWriter {
             .unwrap_or_default()
     }
 
-    /// Writes the index (with the 1.1 extension record) and the footer,
-    /// then commits the sink. In pack mode the packs are sealed and durable
+    /// Writes the index (with the 1.1 extension record and the 1.2 frame
+    /// checks) and the footer, then commits the sink. In pack mode the packs are sealed and durable
     /// before the archive that refers to them gets its name.
     pub fn finish<I: serde::Serialize>(
         mut self,
@@ -620,6 +643,12 @@ impl ArchiveWriter {
             .map_err(|e| enc_err("the index", e))?
             + postcard::experimental::serialized_size(ext)
                 .map_err(|e| enc_err("the index extension", e))?;
+        let checks = FrameChecks {
+            checks: std::mem::take(&mut self.checks),
+        };
+        let rlen = rlen
+            + postcard::experimental::serialized_size(&checks)
+                .map_err(|e| enc_err("the frame checks", e))?;
         let path = self.sink.path().to_path_buf();
         let mut out = Tally {
             inner: &mut self.sink,
@@ -635,6 +664,7 @@ impl ArchiveWriter {
             let mut buf = BufWriter::with_capacity(1 << 16, z);
             postcard::to_io(index, &mut buf).map_err(io::Error::other)?;
             postcard::to_io(ext, &mut buf).map_err(io::Error::other)?;
+            postcard::to_io(&checks, &mut buf).map_err(io::Error::other)?;
             buf.into_inner().map_err(|e| e.into_error())?.finish()?;
             Ok(())
         })();

@@ -306,7 +306,7 @@ fn rewrite(
     let sink = Sink::create(path)?;
     let mut w = ArchiveWriter::new(sink, a.block_size(), a.header.archive_id)?
         .into_packs(Box::new(PackWriter::new(root)), HashMap::new());
-    for b in &a.index.blocks {
+    for (i, b) in a.index.blocks.iter().enumerate() {
         let at = match b.loc {
             BlockLoc::Zero => None,
             BlockLoc::External {
@@ -328,7 +328,9 @@ fn rewrite(
                 ));
             }
         };
-        w.push_stored(b.len, b.hash, at);
+        // A frame moved to another pack is the same bytes: same check.
+        let check = a.checks.get(i).copied().unwrap_or_default();
+        w.push_stored(b.len, b.hash, at, check);
     }
     let mut index = a.index.clone();
     index.blocks = w.take_blocks();

@@ -537,7 +537,8 @@ fn reuse_files(
                             clen,
                         }),
                     };
-                    w.push_stored(b.len, b.hash, at)
+                    let check = p.checks.get(j as usize).copied().unwrap_or_default();
+                    w.push_stored(b.len, b.hash, at, check)
                 });
                 extend_or_push(&mut out, e.offset + done, k * bs + (s - j * bs), n);
                 done += n;

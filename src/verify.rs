@@ -69,9 +69,10 @@ pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Repo
     let mut list = Vec::new();
     for (i, b) in a.index.blocks.iter().enumerate() {
         // Blocks sharing a frame are decoded once, unless they disagree on
-        // what it holds.
+        // what it holds or on its frame check.
+        let check = a.checks.get(i).copied().unwrap_or_default();
         if let Some(k) = frame_key(&a, i)
-            && seen.insert((k, b.len, b.hash))
+            && seen.insert((k, b.len, b.hash, check))
         {
             list.push(i as u64);
         }

@@ -93,6 +93,13 @@ fn craft(path: &Path, frames: Vec<(Vec<u8>, u32, [u8; 32])>, edit: impl FnOnce(&
 /// Rewrites the archive at `path` as a 1.1 writer would have: its index
 /// without the frame checks, version 1.1 in the header and footer.
 fn drop_frame_checks(path: &Path) {
+    rewrite_after_extension(path, 1, |_| Vec::new());
+}
+
+/// Rewrites the archive at `path` with `minor` as its minor version and,
+/// after its index's `Extension`, the bytes `after` makes of its
+/// `FrameChecks` (instead of their encoding).
+fn rewrite_after_extension(path: &Path, minor: u16, after: impl FnOnce(FrameChecks) -> Vec<u8>) {
     let mut bytes = fs::read(path).unwrap();
     let at = bytes.len() - FOOTER_SIZE;
     let mut f = Footer::decode(&bytes[at..].try_into().unwrap()).unwrap();
@@ -105,11 +112,12 @@ fn drop_frame_checks(path: &Path) {
     assert_eq!(checks.checks.len(), index.blocks.len());
     let mut plain = postcard::to_stdvec(&index).unwrap();
     plain.extend(postcard::to_stdvec(&ext).unwrap());
+    plain.extend(after(checks));
     let comp = zstd::bulk::compress(&plain, 3).unwrap();
     let mut h = Header::decode(&bytes[..HEADER_SIZE].try_into().unwrap()).unwrap();
-    h.version_minor = 1;
+    h.version_minor = minor;
     bytes[..HEADER_SIZE].copy_from_slice(&h.encode());
-    f.version_minor = 1;
+    f.version_minor = minor;
     f.index_clen = comp.len() as u64;
     f.index_rlen = plain.len() as u64;
     f.index_hash = *blake3::hash(&comp).as_bytes();
@@ -667,4 +675,79 @@ fn other_formats_and_future_versions() {
     let s2 = scene("zstdfile");
     fs::write(&s2.arc, zstd::bulk::compress(&[1u8; 100_000], 3).unwrap()).unwrap();
     refused(&s2, "not an hbb archive");
+}
+
+/// Frame checks that lie, or that are not frame checks at all: reads
+/// refuse only the frames whose check fails, verify finds every block
+/// whose check fails even where blocks share a frame, and bytes that do
+/// not decode as checks, or that follow the extension of a 1.1 archive,
+/// are ignored for content hashes.
+#[test]
+fn lying_or_garbled_frame_checks() {
+    // Two blocks with the same bytes share one frame, and its check.
+    let build = |name: &str| {
+        let s = scene(name);
+        craft(
+            &s.arc,
+            vec![block(b"same data"), block(b"same data")],
+            |ix| {
+                tree(ix, &[(b"a", 1), (b"b", 2)], vec![file(0, 9), file(BS, 9)]);
+            },
+        );
+        s
+    };
+    let s = build("checks-lie");
+    rewrite_after_extension(&s.arc, VERSION_MINOR, |mut c| {
+        assert_eq!(c.checks[0], c.checks[1]);
+        assert_ne!(c.checks[0], [0; 16]);
+        c.checks[1] = [5; 16];
+        postcard::to_stdvec(&c).unwrap()
+    });
+    let v = hbb(&["verify", "--json", s.a()]);
+    assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
+    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    let bad: Vec<u64> = j["bad_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["block"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, [1], "{j}");
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(fs::read(s.dest.join("a")).unwrap(), b"same data");
+    assert!(!s.dest.join("b").exists());
+    assert!(
+        stderr(&o).contains("frame check mismatch"),
+        "{}",
+        stderr(&o)
+    );
+    s.outside_untouched();
+
+    // Checks that are all wrong, after the extension of an archive that
+    // says it is 1.1: not frame checks, ignored.
+    let s = build("checks-in-1.1");
+    rewrite_after_extension(&s.arc, 1, |c| {
+        let n = c.checks.len();
+        postcard::to_stdvec(&FrameChecks {
+            checks: vec![[7; 16]; n],
+        })
+        .unwrap()
+    });
+    assert_ok(&hbb(&["verify", s.a()]));
+    assert_ok(&hbb(&["restore", s.a(), s.d()]));
+    assert_eq!(fs::read(s.dest.join("b")).unwrap(), b"same data");
+
+    // A 1.2 archive whose checks do not decode (a count past the bytes):
+    // ignored with a warning, content hashes checked.
+    let s = build("checks-garbled");
+    rewrite_after_extension(&s.arc, VERSION_MINOR, |_| vec![0xff, 0xff, 0x03]);
+    let o = hbb(&["restore", s.a(), s.d()]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("frame checks do not decode"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(fs::read(s.dest.join("b")).unwrap(), b"same data");
 }

@@ -211,26 +211,31 @@ impl Archive {
                 Error::corrupt(path, format!("index extension does not decode: {e}"))
             })?
         };
-        // 1.2: the frame checks follow, one per block.
-        let checks = if rest.is_empty() {
+        // 1.2: the frame checks follow, one per block. Bytes there in an
+        // older minor version are some other writer's, and ignored.
+        let checks = if rest.is_empty() || footer.version_minor < 2 {
             Vec::new()
         } else {
-            let c = postcard::take_from_bytes::<FrameChecks>(rest)
-                .map_err(|e| Error::corrupt(path, format!("frame checks do not decode: {e}")))?
-                .0
-                .checks;
-            if c.len() == index.blocks.len() {
-                c
-            } else {
+            match postcard::take_from_bytes::<FrameChecks>(rest) {
+                Ok((c, _)) if c.checks.len() == index.blocks.len() => c.checks,
                 // Not what a writer makes: every block's content hash is
                 // checked instead, which loses nothing.
-                log::warn!(
-                    "{}: index: {} frame checks for {} blocks; ignored, content hashes are checked instead",
-                    path.display(),
-                    c.len(),
-                    index.blocks.len()
-                );
-                Vec::new()
+                Ok((c, _)) => {
+                    log::warn!(
+                        "{}: index: {} frame checks for {} blocks; ignored, content hashes are checked instead",
+                        path.display(),
+                        c.checks.len(),
+                        index.blocks.len()
+                    );
+                    Vec::new()
+                }
+                Err(e) => {
+                    log::warn!(
+                        "{}: index: frame checks do not decode ({e}); ignored, content hashes are checked instead",
+                        path.display()
+                    );
+                    Vec::new()
+                }
             }
         };
         drop(raw);
@@ -519,7 +524,9 @@ impl Archive {
         Ok(())
     }
 
-    /// Decompresses block `i` into `out` (cleared first) and checks its hash.
+    /// Decompresses block `i` into `out` (cleared first) and checks it:
+    /// its frame against the frame check where it has one (format 1.2),
+    /// else (or also, with `check_content`) its content hash.
     pub fn read_block_into(
         &self,
         i: u64,
@@ -543,43 +550,59 @@ impl Archive {
                 thread_local! {
                     static COMP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
                 }
-                let check = self
-                    .checks
-                    .get(i as usize)
-                    .filter(|c| **c != [0; 16])
-                    .copied();
-                let n = COMP.with_borrow_mut(|comp| {
+                COMP.with_borrow_mut(|comp| {
                     self.read_frame_into(i, comp)?;
-                    if let Some(c) = check
-                        && frame_check(comp) != c
-                    {
-                        return Err(self.block_err(i, "frame check mismatch (damaged frame)"));
-                    }
-                    out.reserve(b.len as usize);
-                    let n = dec
-                        .decompress_to_buffer(&comp[..], out)
-                        .map_err(|e| self.block_err(i, format!("frame does not decompress: {e}")));
+                    let r = self.decode_frame(i, comp, dec, out);
                     if comp.capacity() > KEEP_FRAME_BUFFER {
                         *comp = Vec::new();
                     }
-                    n
-                })?;
-                if n != b.len as usize {
-                    return Err(self.block_err(
-                        i,
-                        format!("frame decompresses to {n} bytes, the index says {}", b.len),
-                    ));
-                }
-                // A frame that matches its check decodes to what the
-                // writer compressed: its content hash need not be computed.
-                if (check.is_none() || self.check_content)
-                    && *blake3::hash(out).as_bytes() != b.hash
-                {
-                    return Err(self.block_err(i, "content hash mismatch (damaged block)"));
-                }
-                Ok(())
+                    r
+                })
             }
         }
+    }
+
+    /// Decompresses `frame`, read for block `i`, into `out` (cleared
+    /// first) with the checks of [`Archive::read_block_into`].
+    pub fn decode_frame(
+        &self,
+        i: u64,
+        frame: &[u8],
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let b = self
+            .index
+            .blocks
+            .get(i as usize)
+            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        out.clear();
+        let check = self
+            .checks
+            .get(i as usize)
+            .filter(|c| **c != [0; 16])
+            .copied();
+        if let Some(c) = check
+            && frame_check(frame) != c
+        {
+            return Err(self.block_err(i, "frame check mismatch (damaged frame)"));
+        }
+        out.reserve(b.len as usize);
+        let n = dec
+            .decompress_to_buffer(frame, out)
+            .map_err(|e| self.block_err(i, format!("frame does not decompress: {e}")))?;
+        if n != b.len as usize {
+            return Err(self.block_err(
+                i,
+                format!("frame decompresses to {n} bytes, the index says {}", b.len),
+            ));
+        }
+        // A frame that matches its check decodes to what the writer
+        // compressed: its content hash need not be computed.
+        if (check.is_none() || self.check_content) && *blake3::hash(out).as_bytes() != b.hash {
+            return Err(self.block_err(i, "content hash mismatch (damaged block)"));
+        }
+        Ok(())
     }
 
     pub fn read_block(

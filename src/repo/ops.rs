@@ -273,7 +273,10 @@ pub fn resolve(arg: &Path) -> Result<PathBuf> {
 /// Writes snapshot `src` as one self-contained archive file at `dest`:
 /// the same blocks, the same index, its frames copied out of the packs.
 pub fn export(src: &Path, dest: &Path) -> Result<u64> {
-    let a = super::handle::open_archive(src)?;
+    let mut a = super::handle::open_archive(src)?;
+    // Every frame copied is checked both ways first: the copy gets a new
+    // frame check, made from the bytes copied.
+    a.check_content = true;
     let sink = Sink::create(dest)?;
     let mut w = ArchiveWriter::new(sink, a.block_size(), crate::sys::random_id())?;
     let mut dec = new_decompressor();
@@ -283,9 +286,10 @@ pub fn export(src: &Path, dest: &Path) -> Result<u64> {
             BlockLoc::Zero => Payload::Zero,
             _ if w.has(&b.hash) => Payload::Known,
             _ => {
-                // Decoding checks the frame against its hash before it is copied.
-                a.read_block_into(i as u64, &mut dec, &mut raw)?;
-                Payload::Frame(a.read_frame(i as u64)?)
+                // The bytes checked are the bytes copied: read once.
+                let frame = a.read_frame(i as u64)?;
+                a.decode_frame(i as u64, &frame, &mut dec, &mut raw)?;
+                Payload::Frame(frame)
             }
         };
         w.push(i as u64, b.len, b.hash, payload)?;

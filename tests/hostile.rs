@@ -127,6 +127,19 @@ fn rewrite_after_extension(path: &Path, minor: u16, after: impl FnOnce(FrameChec
     fs::write(path, &bytes).unwrap();
 }
 
+/// The blocks `hbb verify` finds bad in the scene's archive (it must find some).
+fn bad_blocks(s: &Scene) -> Vec<u64> {
+    let v = hbb(&["verify", "--json", s.a()]);
+    assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
+    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    j["bad_blocks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["block"].as_u64().unwrap())
+        .collect()
+}
+
 fn block(data: &[u8]) -> (Vec<u8>, u32, [u8; 32]) {
     (
         zstd::bulk::compress(data, 3).unwrap(),
@@ -518,16 +531,7 @@ fn lying_frames_cost_only_their_files() {
             vec![file(0, 9), file(BS, 5), file(2 * BS, 100), file(3 * BS, 9)],
         );
     });
-    let v = hbb(&["verify", "--json", s.a()]);
-    assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
-    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    let bad: Vec<u64> = j["bad_blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["block"].as_u64().unwrap())
-        .collect();
-    assert_eq!(bad, [1, 2, 3], "{j}");
+    assert_eq!(bad_blocks(&s), [1, 2, 3]);
     let o = hbb(&["restore", s.a(), s.d()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(fs::read(s.dest.join("good")).unwrap(), b"good data");
@@ -703,16 +707,7 @@ fn lying_or_garbled_frame_checks() {
         c.checks[1] = [5; 16];
         postcard::to_stdvec(&c).unwrap()
     });
-    let v = hbb(&["verify", "--json", s.a()]);
-    assert_eq!(v.status.code(), Some(4), "{}", stderr(&v));
-    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
-    let bad: Vec<u64> = j["bad_blocks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["block"].as_u64().unwrap())
-        .collect();
-    assert_eq!(bad, [1], "{j}");
+    assert_eq!(bad_blocks(&s), [1]);
     let o = hbb(&["restore", s.a(), s.d()]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(fs::read(s.dest.join("a")).unwrap(), b"same data");

@@ -478,6 +478,14 @@ impl Archive {
     }
 
     /// The compressed frame of block `i`, as stored (empty for a zero block).
+    /// Block `i`'s entry in the block table.
+    fn block(&self, i: u64) -> Result<&Block> {
+        self.index
+            .blocks
+            .get(i as usize)
+            .ok_or_else(|| self.block_err(i, "no such block"))
+    }
+
     pub fn read_frame(&self, i: u64) -> Result<Vec<u8>> {
         let mut comp = Vec::new();
         self.read_frame_into(i, &mut comp)?;
@@ -486,11 +494,7 @@ impl Archive {
 
     /// Reads block `i`'s frame into `comp` (replacing what it held).
     fn read_frame_into(&self, i: u64, comp: &mut Vec<u8>) -> Result<()> {
-        let b = self
-            .index
-            .blocks
-            .get(i as usize)
-            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        let b = self.block(i)?;
         comp.clear();
         match b.loc {
             BlockLoc::Frame { offset, clen } => {
@@ -533,11 +537,7 @@ impl Archive {
         dec: &mut zstd::bulk::Decompressor<'static>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let b = self
-            .index
-            .blocks
-            .get(i as usize)
-            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        let b = self.block(i)?;
         out.clear();
         match b.loc {
             BlockLoc::Zero => {
@@ -571,11 +571,7 @@ impl Archive {
         dec: &mut zstd::bulk::Decompressor<'static>,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        let b = self
-            .index
-            .blocks
-            .get(i as usize)
-            .ok_or_else(|| self.block_err(i, "no such block"))?;
+        let b = self.block(i)?;
         out.clear();
         let check = self
             .checks

@@ -70,7 +70,7 @@ pub fn verify(path: &Path, source: Option<&Path>, threads: usize) -> Result<Repo
     for (i, b) in a.index.blocks.iter().enumerate() {
         // Blocks sharing a frame are decoded once, unless they disagree on
         // what it holds or on its frame check.
-        let check = a.checks.get(i).copied().unwrap_or_default();
+        let check = a.frame_check_of(i as u64);
         if let Some(k) = frame_key(&a, i)
             && seen.insert((k, b.len, b.hash, check))
         {

@@ -478,6 +478,11 @@ impl Archive {
     }
 
     /// The compressed frame of block `i`, as stored (empty for a zero block).
+    /// Block `i`'s frame check (format 1.2), all zero if it has none.
+    pub fn frame_check_of(&self, i: u64) -> [u8; 16] {
+        self.checks.get(i as usize).copied().unwrap_or_default()
+    }
+
     /// Block `i`'s entry in the block table.
     fn block(&self, i: u64) -> Result<&Block> {
         self.index
@@ -573,11 +578,7 @@ impl Archive {
     ) -> Result<()> {
         let b = self.block(i)?;
         out.clear();
-        let check = self
-            .checks
-            .get(i as usize)
-            .filter(|c| **c != [0; 16])
-            .copied();
+        let check = Some(self.frame_check_of(i)).filter(|c| *c != [0; 16]);
         if let Some(c) = check
             && frame_check(frame) != c
         {

@@ -329,8 +329,7 @@ fn rewrite(
             }
         };
         // A frame moved to another pack is the same bytes: same check.
-        let check = a.checks.get(i).copied().unwrap_or_default();
-        w.push_stored(b.len, b.hash, at, check);
+        w.push_stored(b.len, b.hash, at, a.frame_check_of(i as u64));
     }
     let mut index = a.index.clone();
     index.blocks = w.take_blocks();

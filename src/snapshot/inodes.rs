@@ -75,10 +75,13 @@ impl Runs {
     /// Appends `r`, whose inode must be above the previous run's.
     pub fn push(&mut self, r: Run) {
         debug_assert!(self.len == 0 || r.ino > self.last_ino);
-        put_varint(&mut self.buf, u64::from(r.ino - self.last_ino));
-        put_varint(&mut self.buf, r.size);
-        let d = r.stream.wrapping_sub(self.last_end) as i64;
-        put_varint(&mut self.buf, ((d << 1) ^ (d >> 63)) as u64);
+        // postcard writes u32 and u64 as varints, i64 zigzagged.
+        let step = (
+            r.ino - self.last_ino,
+            r.size,
+            r.stream.wrapping_sub(self.last_end) as i64,
+        );
+        postcard::to_io(&step, &mut self.buf).expect("encoding into a Vec does not fail");
         self.last_ino = r.ino;
         self.last_end = r.stream.wrapping_add(r.size);
         self.len += 1;
@@ -93,41 +96,17 @@ impl Runs {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = Run> + '_ {
-        let mut at = 0usize;
+        let mut rest = &self.buf[..];
         let (mut ino, mut end) = (0u32, 0u64);
         (0..self.len).map(move |_| {
-            ino += get_varint(&self.buf, &mut at) as u32;
-            let size = get_varint(&self.buf, &mut at);
-            let z = get_varint(&self.buf, &mut at);
-            let d = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            let ((step, size, d), more) = postcard::take_from_bytes::<(u32, u64, i64)>(rest)
+                .expect("runs this list wrote decode");
+            rest = more;
+            ino += step;
             let stream = end.wrapping_add(d as u64);
             end = stream.wrapping_add(size);
             Run { ino, size, stream }
         })
-    }
-}
-
-/// LEB128, as postcard writes a varint.
-fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-/// Reads what `put_varint` wrote at `*at` (only ever this module's bytes).
-fn get_varint(buf: &[u8], at: &mut usize) -> u64 {
-    let mut v = 0u64;
-    let mut shift = 0;
-    loop {
-        let b = buf[*at];
-        *at += 1;
-        v |= u64::from(b & 0x7f) << shift;
-        if b < 0x80 {
-            return v;
-        }
-        shift += 7;
     }
 }
 

@@ -537,8 +537,7 @@ fn reuse_files(
                             clen,
                         }),
                     };
-                    let check = p.checks.get(j as usize).copied().unwrap_or_default();
-                    w.push_stored(b.len, b.hash, at, check)
+                    w.push_stored(b.len, b.hash, at, p.frame_check_of(j))
                 });
                 extend_or_push(&mut out, e.offset + done, k * bs + (s - j * bs), n);
                 done += n;

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 
 use lru::LruCache;
 
-use crate::archive::{Archive, new_decompressor};
+use crate::archive::{Archive, StepDecoder, new_decompressor};
 use crate::error::Error;
 
 /// The largest block [`BlockCache::get_here`] decodes on the caller's
@@ -194,7 +194,7 @@ impl BlockCache {
     /// otherwise on a worker thread once the missing ones are decoded, or
     /// with the error of the first one found damaged.
     pub fn get(&self, origin: &Origin, blocks: &[u64], done: Done) {
-        self.get_on(origin, blocks, done, false)
+        self.get_on(origin, blocks, done, None)
     }
 
     /// As [`get`](Self::get), except that a single missing block nobody
@@ -203,11 +203,18 @@ impl BlockCache {
     /// the scheduler to wake one (a good part of a millisecond on a VM
     /// whose idle vCPU halts). For the kernel's requests, whose threads
     /// are several, so that one decoding does not hold the others up.
-    pub fn get_here(&self, origin: &Origin, blocks: &[u64], done: Done) {
-        self.get_on(origin, blocks, done, true)
+    ///
+    /// `needs[k]` is how many bytes from the start of `blocks[k]` the
+    /// reader uses. A block decoded here goes to `done` as soon as that
+    /// much of it is decoded (when its frame has a check: see
+    /// [`Archive::read_block_early`]), shorter than its index length; the
+    /// rest is decoded after, on this thread, and cached whole.
+    pub fn get_here(&self, origin: &Origin, blocks: &[u64], needs: &[usize], done: Done) {
+        debug_assert_eq!(blocks.len(), needs.len());
+        self.get_on(origin, blocks, done, Some(needs))
     }
 
-    fn get_on(&self, origin: &Origin, blocks: &[u64], done: Done, here: bool) {
+    fn get_on(&self, origin: &Origin, blocks: &[u64], done: Done, here: Option<&[usize]>) {
         debug_assert!(
             blocks
                 .iter()
@@ -249,7 +256,7 @@ impl BlockCache {
             missing: missing.len(),
             done: Some(done),
         })));
-        if here
+        if let Some(needs) = here
             && origin.archive.block_size() <= DECODE_HERE_MAX
             && let [k] = missing[..]
             && let b = (id, blocks[k])
@@ -257,21 +264,25 @@ impl BlockCache {
         {
             v.insert(Pending {
                 archive: origin.archive.clone(),
-                waiters: vec![(gather, k)],
+                waiters: vec![(gather.clone(), k)],
                 started: true,
                 in_demand: true,
             });
             drop(st);
             thread_local! {
-                static DECODER: std::cell::RefCell<Option<(zstd::bulk::Decompressor<'static>, Vec<u8>)>> =
+                static DECODER: std::cell::RefCell<Option<(StepDecoder, Vec<u8>)>> =
                     const { std::cell::RefCell::new(None) };
             }
             // Taken out while decoding: the readers' callbacks run inside
             // the decode, and one that read again would find it borrowed.
-            let (mut dec, mut spare) = DECODER
-                .take()
-                .unwrap_or_else(|| (new_decompressor(), Vec::new()));
-            sh.decode(b, origin.archive.clone(), &mut dec, &mut spare);
+            let (mut dec, mut spare) = DECODER.take().unwrap_or_default();
+            let need = needs.get(k).copied().unwrap_or(usize::MAX);
+            let how = How::Early {
+                dec: &mut dec,
+                need,
+                first: (gather, k),
+            };
+            sh.decode(b, origin.archive.clone(), how, &mut spare);
             DECODER.set(Some((dec, spare)));
             return;
         }
@@ -419,7 +430,7 @@ impl Shared {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            self.decode(b, archive, &mut dec, &mut spare);
+            self.decode(b, archive, How::Whole(&mut dec), &mut spare);
         }
     }
 
@@ -427,13 +438,7 @@ impl Shared {
     /// damaged) and hands it to the readers waiting for it. `spare` is the
     /// buffer to decode into, its pages already touched; it is made ready
     /// for the next block afterwards, while no reader waits on this thread.
-    fn decode(
-        &self,
-        b: Key,
-        archive: Arc<Archive>,
-        dec: &mut zstd::bulk::Decompressor<'static>,
-        spare: &mut Vec<u8>,
-    ) {
+    fn decode(&self, b: Key, archive: Arc<Archive>, how: How, spare: &mut Vec<u8>) {
         let block_size = archive.block_size();
         let len = archive
             .index
@@ -460,7 +465,23 @@ impl Shared {
         if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
             panic!("test: decoding block {b:?} panics");
         }
-        let r = archive.read_block_into(b.1, dec, &mut buf);
+        let r = match how {
+            How::Whole(dec) => archive.read_block_into(b.1, dec, &mut buf),
+            How::Early {
+                dec,
+                need,
+                first: (gather, k),
+            } => archive.read_block_early(b.1, need, dec, &mut buf, &mut |out| {
+                // The first reader is answered from the part decoded so far
+                // (its reply is sent before `fill` returns); later readers,
+                // and the cache, get the whole block.
+                let part = Arc::new(std::mem::take(out));
+                gather.fill(k, Ok(part.clone()));
+                if let Ok(v) = Arc::try_unwrap(part) {
+                    *out = v;
+                }
+            }),
+        };
         std::mem::forget(unwinding);
         drop(archive);
         self.decoded.fetch_add(1, Ordering::Relaxed);
@@ -496,6 +517,19 @@ impl Shared {
             };
         }
     }
+}
+
+/// How [`Shared::decode`] decodes a block.
+enum How<'a> {
+    /// Whole, then hands it out.
+    Whole(&'a mut zstd::bulk::Decompressor<'static>),
+    /// Hands it to the first reader (its gather and slot) once its first
+    /// `need` bytes are decoded, then decodes the rest.
+    Early {
+        dec: &'a mut StepDecoder,
+        need: usize,
+        first: (Arc<Gather>, usize),
+    },
 }
 
 /// Fails block `b`'s readers if dropped, which only an unwinding decode
@@ -606,11 +640,23 @@ mod tests {
     /// An archive of one file of `blocks` 64 KiB blocks of distinct bytes
     /// (different for another `salt`).
     fn archive(name: &str, blocks: usize, salt: usize) -> (tempdir::Dir, Arc<Archive>) {
+        let (dir, a) = archive_of(name, blocks, salt, 65536);
+        (dir, Arc::new(a))
+    }
+
+    /// As [`archive`], with blocks of `block_size` bytes.
+    fn archive_of(
+        name: &str,
+        blocks: usize,
+        salt: usize,
+        block_size: u64,
+    ) -> (tempdir::Dir, Archive) {
         let dir = tempdir::Dir::new(name);
         let src = dir.path().join("src");
         std::fs::create_dir(&src).unwrap();
-        let data: Vec<u8> = (0..blocks * 65536)
-            .map(|i| (i / 65536 * 7 + i % 251 + salt) as u8)
+        let bs = block_size as usize;
+        let data: Vec<u8> = (0..blocks * bs)
+            .map(|i| (i / bs * 7 + i % 251 + i / 4093 + salt) as u8)
             .collect();
         std::fs::write(src.join("f"), &data).unwrap();
         let out = dir.path().join("a.hbb");
@@ -619,7 +665,7 @@ mod tests {
             archive: out.clone(),
             mode: crate::snapshot::ModeChoice::File,
             threads: 2,
-            block_size: 65536,
+            block_size,
             level: 1,
             volume_threshold: 100_000,
             excludes: vec![],
@@ -629,7 +675,7 @@ mod tests {
             repo: None,
         };
         crate::snapshot::snapshot(&opts).unwrap();
-        let a = Arc::new(Archive::open(&out).unwrap());
+        let a = Archive::open(&out).unwrap();
         (dir, a)
     }
 
@@ -682,7 +728,7 @@ mod tests {
             tx.send(r).unwrap();
         });
         if here {
-            c.get_here(o, blocks, done);
+            c.get_here(o, blocks, &vec![usize::MAX; blocks.len()], done);
         } else {
             c.get(o, blocks, done);
         }
@@ -730,7 +776,12 @@ mod tests {
         // reader must have had its answer by then.
         let (tx, rx) = mpsc::channel();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            c.get_here(&o, &[1], Box::new(move |r| tx.send(r).unwrap()))
+            c.get_here(
+                &o,
+                &[1],
+                &[usize::MAX],
+                Box::new(move |r| tx.send(r).unwrap()),
+            )
         }));
         PANIC_AT.with(|p| p.set(None));
         assert!(r.is_err(), "the decode was to panic");
@@ -748,6 +799,56 @@ mod tests {
     }
 
     #[test]
+    fn a_read_is_answered_from_the_start_of_a_block_and_the_block_cached_whole() {
+        // 1 MiB blocks: eight zstd blocks each, so a frame can be decoded
+        // in parts.
+        let (_d, a) = archive_of("early", 2, 0, 1 << 20);
+        let mut dec = new_decompressor();
+        let whole = a.read_block(1, &mut dec).unwrap();
+        assert_eq!(whole.len(), 1 << 20);
+        let a = Arc::new(a);
+        let c = BlockCache::new(1 << 30, 1).unwrap();
+        let o = origin(0, &a);
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            &o,
+            &[1],
+            &[5000],
+            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+        );
+        let part = rx.try_recv().unwrap().unwrap();
+        assert!(
+            part.len() >= 5000 && part.len() < whole.len(),
+            "{}",
+            part.len()
+        );
+        assert_eq!(part[..], whole[..part.len()]);
+        // Cached whole: the next read of its end is a hit.
+        assert_eq!(*get_sync(&c, &o, &[1]).unwrap()[0], whole);
+        assert_eq!(c.stats().decoded, 1);
+        assert_eq!(c.stats().hits, 1);
+        // A read of the end needs the whole block.
+        let got = get_sync_on(&c, &o, &[0], true).unwrap();
+        assert_eq!(*got[0], a.read_block(0, &mut dec).unwrap());
+
+        // With `check_content` (or no frame check) nothing is handed out
+        // before the content hash of the whole block is checked.
+        let (_d, mut a) = archive_of("early-content", 2, 0, 1 << 20);
+        a.check_content = true;
+        let a = Arc::new(a);
+        let c = BlockCache::new(1 << 30, 1).unwrap();
+        let o = origin(0, &a);
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            &o,
+            &[1],
+            &[5000],
+            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+        );
+        assert_eq!(rx.try_recv().unwrap().unwrap(), whole);
+    }
+
+    #[test]
     fn a_single_miss_is_decoded_on_the_callers_thread_and_once() {
         let (_d, a) = archive("here", 4, 0);
         let c = Arc::new(BlockCache::new(1 << 30, 2).unwrap());
@@ -759,6 +860,7 @@ mod tests {
         c.get_here(
             &o,
             &[1],
+            &[usize::MAX],
             Box::new(move |r| tx.send((std::thread::current().id(), r)).unwrap()),
         );
         let (on, r) = rx.try_recv().expect("answered before get_here returned");

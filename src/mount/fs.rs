@@ -718,6 +718,7 @@ impl HbbFs {
         self.cache.get_here(
             &view.origin,
             &wanted,
+            &plan.needs(),
             Box::new(move |r| match r {
                 Ok(data) => match plan.single(&data) {
                     Some(slice) => reply.data(slice),
@@ -1208,6 +1209,19 @@ impl Plan {
             at: at as usize,
             len: len as usize,
         });
+    }
+
+    /// How many bytes from its start of each of `blocks` the reply uses.
+    pub(crate) fn needs(&self) -> Vec<usize> {
+        let mut needs = vec![0; self.blocks.len()];
+        for p in &self.pieces {
+            if let Piece::Data { slot, at, len } = *p
+                && let Some(n) = needs.get_mut(slot)
+            {
+                *n = (*n).max(at.saturating_add(len));
+            }
+        }
+        needs
     }
 
     /// The reply as one slice of one block, when it is exactly that.

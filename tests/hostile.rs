@@ -74,13 +74,26 @@ fn meta() -> Meta {
 /// Writes `frames` (raw frame bytes, each with the len and hash given) as
 /// blocks 0.., then the index that `edit` makes of a root holding nothing.
 fn craft(path: &Path, frames: Vec<(Vec<u8>, u32, [u8; 32])>, edit: impl FnOnce(&mut Index)) {
-    let mut w = ArchiveWriter::new(Sink::create(path).unwrap(), BS, [7; 16]).unwrap();
+    craft_with(path, BS, frames, edit)
+}
+
+/// As [`craft`], with blocks of `bs` bytes.
+fn craft_with(
+    path: &Path,
+    bs: u64,
+    frames: Vec<(Vec<u8>, u32, [u8; 32])>,
+    edit: impl FnOnce(&mut Index),
+) {
+    let mut w = ArchiveWriter::new(Sink::create(path).unwrap(), bs, [7; 16]).unwrap();
     for (i, (frame, len, hash)) in frames.into_iter().enumerate() {
         w.push(i as u64, len, hash, Payload::Frame(frame)).unwrap();
     }
     let blocks = w.take_blocks();
     let mut index = Index {
-        meta: meta(),
+        meta: Meta {
+            block_size: bs,
+            ..meta()
+        },
         blocks,
         inodes: vec![inode(Body::Dir { first: 0, count: 0 })],
         dirents: Vec::new(),
@@ -745,4 +758,80 @@ fn lying_or_garbled_frame_checks() {
         stderr(&o)
     );
     assert_eq!(fs::read(s.dest.join("b")).unwrap(), b"same data");
+}
+
+#[test]
+fn frames_that_match_their_checks_but_lie_when_decoded_in_part() {
+    // 1 MiB blocks: frames of several zstd blocks, which a mount decodes
+    // only as far as a read needs (`Partial`). Every frame matches its
+    // frame check (the writer computes them), so only decoding finds what
+    // is wrong: the first part may be handed out, the rest never is.
+    let d: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i % 251 + i / 3001 + (i * i) % 7) as u8)
+        .collect();
+    let n = d.len() as u32;
+    let good = zstd::bulk::compress(&d, 3).unwrap();
+    let hash = *blake3::hash(&d).as_bytes();
+    let cat = |a: &[u8], b: &[u8]| [a, b].concat();
+    let cases: Vec<(Vec<u8>, u32, &str)> = vec![
+        (good[..good.len() / 2].to_vec(), n, "cut short"),
+        (Vec::new(), n, "cut short"),
+        (cat(&good, &[0; 5]), n, "5 bytes after the end of its frame"),
+        (cat(&good, &good), n, "after the end of its frame"),
+        (good.clone(), n - 1, "decompress"),
+        (
+            zstd::bulk::compress(&d[..d.len() / 2], 3).unwrap(),
+            n,
+            "decompresses to 524288 bytes, the index says 1048576",
+        ),
+        (vec![0x5a; 4096], n, "does not decompress"),
+    ];
+    let s = scene("partial");
+    let mut frames = vec![(good.clone(), n, hash)];
+    // Other hashes, or the writer would store one frame for all.
+    frames.extend(
+        cases
+            .iter()
+            .enumerate()
+            .map(|(k, (f, len, _))| (f.clone(), *len, [k as u8; 32])),
+    );
+    craft_with(&s.arc, 1 << 20, frames, |_| {});
+    let a = Archive::open(&s.arc).unwrap();
+    let mut p = Partial::new();
+    // The good one, in parts.
+    p.start(&a, 0, Vec::new()).unwrap();
+    assert!(!p.advance(&a, 100).unwrap());
+    assert!(p.decoded() >= 100 && p.decoded() < d.len());
+    assert!(!p.advance(&a, 300_000).unwrap());
+    assert!(p.decoded() >= 300_000);
+    assert!(p.advance(&a, usize::MAX).unwrap());
+    assert_eq!(p.take(), d);
+    for (k, (_, _, why)) in cases.iter().enumerate() {
+        let i = k as u64 + 1;
+        for need in [100, usize::MAX] {
+            p.start(&a, i, Vec::new()).unwrap();
+            let e = match p.advance(&a, need) {
+                Ok(false) => p.advance(&a, usize::MAX),
+                r => r,
+            }
+            .map(|_| p.decoded())
+            .expect_err(&format!("block {i}, need {need}"))
+            .to_string();
+            assert!(
+                e.contains(why) && e.contains(&format!("block {i}")),
+                "block {i}, need {need}: {e}"
+            );
+        }
+    }
+    // Any one byte of the good frame changed, its check rewritten to
+    // match: an error or other bytes, never a panic.
+    for at in (0..good.len()).step_by(good.len() / 97) {
+        let s = scene("partial-flip");
+        let mut f = good.clone();
+        f[at] ^= 0x40;
+        craft_with(&s.arc, 1 << 20, vec![(f, n, hash)], |_| {});
+        let a = Archive::open(&s.arc).unwrap();
+        p.start(&a, 0, Vec::new()).unwrap();
+        let _ = p.advance(&a, 100).and_then(|_| p.advance(&a, usize::MAX));
+    }
 }

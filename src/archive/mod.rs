@@ -5,4 +5,4 @@ pub mod reader;
 pub mod writer;
 
 pub use format::*;
-pub use reader::{Archive, StepDecoder, new_decompressor, valid_name};
+pub use reader::{Archive, Partial, new_decompressor, valid_name};

@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::format::*;
 use crate::error::{Error, IoContext, Result};
@@ -560,68 +561,6 @@ impl Archive {
         }
     }
 
-    /// As [`Archive::read_block_into`], but when block `i`'s frame has a
-    /// check (format 1.2) `out` is handed to `early` as soon as it holds the
-    /// block's first `need` bytes, before the rest is decoded: a frame that
-    /// matches its check is what the writer compressed, so its first bytes
-    /// are good before its last are decoded. A random read needs a few KiB
-    /// of a block, on average from its middle: it is answered in half the
-    /// time of a whole block's decode. Without a check, or with
-    /// `check_content`, the content hash needs the whole block, and `early`
-    /// is not called.
-    ///
-    /// `early` may take `out`'s buffer, and share it read-only meanwhile,
-    /// but must put that same buffer back: the decoder writes on into it.
-    /// If it does not, the block is decoded again from its start.
-    pub fn read_block_early(
-        &self,
-        i: u64,
-        need: usize,
-        dec: &mut StepDecoder,
-        out: &mut Vec<u8>,
-        early: Early<'_>,
-    ) -> Result<()> {
-        let b = self.block(i)?;
-        out.clear();
-        if let BlockLoc::Zero = b.loc {
-            out.resize(b.len as usize, 0);
-            return Ok(());
-        }
-        COMP.with_borrow_mut(|comp| {
-            self.read_frame_into(i, comp)?;
-            let r = self.decode_frame_early(i, comp, need, dec, out, early);
-            if comp.capacity() > KEEP_FRAME_BUFFER {
-                *comp = Vec::new();
-            }
-            r
-        })
-    }
-
-    fn decode_frame_early(
-        &self,
-        i: u64,
-        frame: &[u8],
-        need: usize,
-        dec: &mut StepDecoder,
-        out: &mut Vec<u8>,
-        early: Early<'_>,
-    ) -> Result<()> {
-        let b = self.block(i)?;
-        let len = b.len as usize;
-        let check = Some(self.frame_check_of(i)).filter(|c| *c != [0; 16]);
-        if let Some(c) = check
-            && frame_check(frame) != c
-        {
-            return Err(self.block_err(i, "frame check mismatch (damaged frame)"));
-        }
-        let early = (check.is_some() && !self.check_content && need < len).then_some(early);
-        step_decode(frame, len, need, dec, out, early).map_err(|m| self.block_err(i, m))?;
-        if (check.is_none() || self.check_content) && *blake3::hash(out).as_bytes() != b.hash {
-            return Err(self.block_err(i, "content hash mismatch (damaged block)"));
-        }
-        Ok(())
-    }
-
     /// Decompresses `frame`, read for block `i`, into `out` (cleared
     /// first) with the checks of [`Archive::read_block_into`].
     pub fn decode_frame(
@@ -729,13 +668,12 @@ pub fn valid_name(name: &[u8]) -> bool {
         && !name.iter().any(|&b| b == b'/' || b == 0)
 }
 
-/// A zstd context for [`Archive::read_block_early`]: it decodes straight
-/// into the caller's buffer (zstd's stable output buffer), a zstd block at
-/// a time, with no window of its own.
-pub struct StepDecoder(zstd::zstd_safe::DCtx<'static>);
+/// A zstd context that decodes straight into the caller's buffer (zstd's
+/// stable output buffer), with no window of its own.
+struct StepDecoder(zstd::zstd_safe::DCtx<'static>);
 
 impl StepDecoder {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let mut ctx = zstd::zstd_safe::DCtx::create();
         ctx.set_parameter(zstd::zstd_safe::DParameter::StableOutBuffer(true))
             .expect("zstd stable output buffer");
@@ -743,14 +681,8 @@ impl StepDecoder {
     }
 }
 
-impl Default for StepDecoder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// The largest zstd frame header (RFC 8878 §3.1.1.1): the first piece a
-/// [`StepDecoder`] is fed.
+/// [`Partial`] feeds its decoder.
 const FRAME_HEADER_MAX: usize = 18;
 
 fn zstd_error(what: &str, code: zstd::zstd_safe::ErrorCode) -> String {
@@ -763,179 +695,213 @@ thread_local! {
     static COMP: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// What [`Archive::read_block_early`] hands a block's first bytes to.
-pub type Early<'a> = &'a mut dyn FnMut(&mut Vec<u8>);
-
-/// Decodes the zstd frame `frame` into `out` (cleared first), which must
-/// then hold exactly `len` bytes. With `early`, the frame is fed a zstd
-/// block at a time, and `out` is handed to `early` as soon as it holds
-/// `need` bytes (see [`Archive::read_block_early`]). Errors say what is
-/// wrong with the frame.
-fn step_decode(
-    frame: &[u8],
+/// A block decoded in parts: as far as a read needs, and on from there
+/// when a later read needs more, a zstd block at a time, straight into its
+/// buffer. Only a block whose frame has a check (format 1.2) is: a frame
+/// that matches its check is what the writer compressed, so its first
+/// bytes are good before its last are decoded. A block without one (or
+/// read with `check_content`) is decoded whole at once: its content hash
+/// needs all of it.
+///
+/// A random 4 KiB read needs a block up to a point on average in its
+/// middle: it is answered in half the time of a whole block's decode, and
+/// the rest is decoded only if something reads it.
+pub struct Partial {
+    dec: StepDecoder,
+    /// Block number, its index length, and whether it may be decoded in parts.
+    block: u64,
     len: usize,
-    need: usize,
-    dec: &mut StepDecoder,
-    out: &mut Vec<u8>,
-    mut early: Option<Early<'_>>,
-) -> std::result::Result<(), String> {
-    let used = 'attempt: loop {
-        out.clear();
-        out.reserve_exact(len);
-        let ctx = &mut dec.0;
-        ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
-            .map_err(|e| zstd_error("cannot start decoding", e))?;
-        let mut at = 0;
-        // While `early` waits, each step is fed the next piece of the
-        // frame (a header, then a zstd block at a time: the hint zstd
-        // returns is its size); otherwise the whole frame at once.
-        let mut hint = FRAME_HEADER_MAX;
-        loop {
-            let step = match early {
-                Some(_) => hint.min(frame.len() - at),
-                None => frame.len() - at,
+    parts: bool,
+    /// Its frame, and how much of it was fed to the decoder.
+    frame: Vec<u8>,
+    at: usize,
+    /// What the decoder asked to be fed next.
+    hint: usize,
+    /// Decoded so far. zstd writes on into this very buffer: it must not
+    /// move (see [`Partial::lend`]).
+    out: Vec<u8>,
+    /// `out` was not given back as it was: start over on the next advance.
+    lost: bool,
+    whole: bool,
+}
+
+impl Default for Partial {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Partial {
+    pub fn new() -> Self {
+        Partial {
+            dec: StepDecoder::new(),
+            block: 0,
+            len: 0,
+            parts: false,
+            frame: Vec::new(),
+            at: 0,
+            hint: 0,
+            out: Vec::new(),
+            lost: false,
+            whole: true,
+        }
+    }
+
+    /// Starts on block `i` of `archive`, into `buf` (its pages touched
+    /// already, if the caller cares): reads its frame and checks it against
+    /// its frame check. Nothing is decoded yet.
+    pub fn start(&mut self, archive: &Archive, i: u64, buf: Vec<u8>) -> Result<()> {
+        let b = archive.block(i)?;
+        self.block = i;
+        self.len = b.len as usize;
+        self.out = buf;
+        self.out.clear();
+        self.at = 0;
+        self.hint = FRAME_HEADER_MAX;
+        self.lost = false;
+        self.whole = false;
+        if let BlockLoc::Zero = b.loc {
+            self.out.resize(self.len, 0);
+            self.frame.clear();
+            self.whole = true;
+            return Ok(());
+        }
+        archive.read_frame_into(i, &mut self.frame)?;
+        let check = Some(archive.frame_check_of(i)).filter(|c| *c != [0; 16]);
+        if let Some(c) = check
+            && frame_check(&self.frame) != c
+        {
+            return Err(archive.block_err(i, "frame check mismatch (damaged frame)"));
+        }
+        self.parts = check.is_some() && !archive.check_content;
+        self.restart(archive)
+    }
+
+    fn restart(&mut self, archive: &Archive) -> Result<()> {
+        if self.lost {
+            self.out = Vec::new();
+            self.lost = false;
+        }
+        self.out.clear();
+        self.out.reserve_exact(self.len);
+        self.at = 0;
+        self.hint = FRAME_HEADER_MAX;
+        self.dec
+            .0
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(|e| archive.block_err(self.block, zstd_error("cannot start decoding", e)))?;
+        Ok(())
+    }
+
+    /// The block this decodes.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Bytes decoded so far.
+    pub fn decoded(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Bytes held: the buffer and the frame.
+    pub fn cost(&self) -> usize {
+        self.out.capacity() + self.frame.capacity()
+    }
+
+    /// Decodes on until `need` bytes are decoded, or all of the block
+    /// (always all, for a block not decoded in parts); true once it is whole
+    /// and checked. `archive` is the one given to `start`.
+    pub fn advance(&mut self, archive: &Archive, need: usize) -> Result<bool> {
+        if self.whole {
+            return Ok(true);
+        }
+        if self.lost {
+            self.restart(archive)?;
+        }
+        let need = if self.parts { need } else { usize::MAX };
+        let err = |m: String| archive.block_err(self.block, m);
+        while self.out.len() < need {
+            let frame = &self.frame[..];
+            let step = if need == usize::MAX {
+                frame.len() - self.at
+            } else {
+                self.hint.min(frame.len() - self.at)
             };
-            let mut input = zstd::zstd_safe::InBuffer::around(&frame[at..at + step]);
-            let before = out.len();
-            let mut output = zstd::zstd_safe::OutBuffer::around_pos(out, before);
-            hint = ctx
+            let mut input = zstd::zstd_safe::InBuffer::around(&frame[self.at..self.at + step]);
+            let before = self.out.len();
+            let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut self.out, before);
+            self.hint = self
+                .dec
+                .0
                 .decompress_stream(&mut output, &mut input)
-                .map_err(|e| zstd_error("frame does not decompress", e))?;
-            at += input.pos();
-            if hint == 0 {
-                break 'attempt at;
+                .map_err(|e| err(zstd_error("frame does not decompress", e)))?;
+            self.at += input.pos();
+            if self.hint == 0 {
+                self.finish(archive)?;
+                return Ok(true);
             }
-            if out.len() >= need
-                && let Some(f) = early.take()
-            {
-                let (ptr, cap) = (out.as_ptr(), out.capacity());
-                f(out);
-                if out.as_ptr() != ptr || out.capacity() != cap {
-                    // Not the buffer zstd writes on into: start over.
-                    continue 'attempt;
-                }
+            if self.at == frame.len() {
+                return Err(err("frame is cut short".into()));
             }
-            if at == frame.len() {
-                return Err("frame is cut short".into());
-            }
-            if input.pos() == 0 && out.len() == before {
-                return Err(if out.len() == out.capacity() {
-                    format!("frame decompresses to more than the index's {len} bytes")
+            if input.pos() == 0 && self.out.len() == before {
+                return Err(err(if self.out.len() == self.out.capacity() {
+                    format!(
+                        "frame decompresses to more than the index's {} bytes",
+                        self.len
+                    )
                 } else {
                     "frame does not decompress".into()
-                });
+                }));
             }
         }
-    };
-    if used != frame.len() {
-        return Err(format!(
-            "{} bytes after the end of its frame",
-            frame.len() - used
-        ));
+        Ok(false)
     }
-    if out.len() != len {
-        return Err(format!(
-            "frame decompresses to {} bytes, the index says {len}",
-            out.len()
-        ));
+
+    fn finish(&mut self, archive: &Archive) -> Result<()> {
+        let err = |m: String| archive.block_err(self.block, m);
+        if self.at != self.frame.len() {
+            return Err(err(format!(
+                "{} bytes after the end of its frame",
+                self.frame.len() - self.at
+            )));
+        }
+        if self.out.len() != self.len {
+            return Err(err(format!(
+                "frame decompresses to {} bytes, the index says {}",
+                self.out.len(),
+                self.len
+            )));
+        }
+        if !self.parts && *blake3::hash(&self.out).as_bytes() != archive.block(self.block)?.hash {
+            return Err(err("content hash mismatch (damaged block)".into()));
+        }
+        self.whole = true;
+        if self.frame.capacity() > KEEP_FRAME_BUFFER {
+            self.frame = Vec::new();
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Hands the bytes decoded so far to `f`, shared, as a block of the
+    /// mount's cache (shorter than its index length until it is whole).
+    /// They are taken back when `f` returns: should `f` keep them, the
+    /// next [`advance`](Self::advance) starts over, in a new buffer.
+    pub fn lend(&mut self, f: impl FnOnce(Arc<Vec<u8>>)) {
+        let part = Arc::new(std::mem::take(&mut self.out));
+        f(part.clone());
+        match Arc::try_unwrap(part) {
+            Ok(v) => self.out = v,
+            Err(_) => self.lost = true,
+        }
+    }
+
+    /// The whole block, once [`advance`](Self::advance) returned true.
+    pub fn take(&mut self) -> Vec<u8> {
+        debug_assert!(self.whole);
+        std::mem::take(&mut self.out)
+    }
 }
 
 pub fn new_decompressor() -> zstd::bulk::Decompressor<'static> {
     zstd::bulk::Decompressor::new().expect("zstd decompression context")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn data() -> Vec<u8> {
-        (0..1usize << 20)
-            .map(|i| (i % 251 + i / 3001 + (i * i) % 7) as u8)
-            .collect()
-    }
-
-    fn decode(
-        frame: &[u8],
-        len: usize,
-        need: usize,
-        early: Option<Early<'_>>,
-    ) -> std::result::Result<Vec<u8>, String> {
-        let mut out = Vec::new();
-        step_decode(frame, len, need, &mut StepDecoder::new(), &mut out, early)?;
-        Ok(out)
-    }
-
-    #[test]
-    fn step_decode_hands_out_a_prefix_then_the_whole_frame() {
-        let d = data();
-        let mut with_checksum = zstd::bulk::Compressor::new(3).unwrap();
-        with_checksum.include_checksum(true).unwrap();
-        for frame in [
-            zstd::bulk::compress(&d, 3).unwrap(),
-            with_checksum.compress(&d).unwrap(),
-        ] {
-            assert_eq!(decode(&frame, d.len(), 0, None).unwrap(), d);
-            let mut seen = Vec::new();
-            let got = decode(
-                &frame,
-                d.len(),
-                5000,
-                Some(&mut |out: &mut Vec<u8>| seen.push(out.clone())),
-            )
-            .unwrap();
-            assert_eq!(got, d);
-            assert_eq!(seen.len(), 1);
-            assert!(seen[0].len() >= 5000 && seen[0].len() < d.len());
-            assert_eq!(seen[0][..], d[..seen[0].len()]);
-            // A buffer not given back: decoded again from the start.
-            let mut calls = 0;
-            let got = decode(
-                &frame,
-                d.len(),
-                5000,
-                Some(&mut |out: &mut Vec<u8>| {
-                    calls += 1;
-                    std::mem::take(out);
-                }),
-            )
-            .unwrap();
-            assert_eq!((got == d, calls), (true, 1));
-        }
-    }
-
-    #[test]
-    fn step_decode_refuses_bad_frames_without_panicking() {
-        let d = data();
-        let frame = zstd::bulk::compress(&d, 3).unwrap();
-        let n = d.len();
-        let mut twice = frame.clone();
-        twice.extend_from_slice(&frame);
-        let mut trailing = frame.clone();
-        trailing.extend_from_slice(&[0; 5]);
-        let cases: Vec<(&str, Vec<u8>, usize, &str)> = vec![
-            ("cut", frame[..frame.len() / 2].to_vec(), n, "cut short"),
-            ("empty", Vec::new(), n, "cut short"),
-            ("trailing", trailing, n, "5 bytes after the end"),
-            ("twice", twice, n, "after the end"),
-            ("longer", frame.clone(), n - 1, "decompress"),
-            ("shorter", frame.clone(), n + 1, "the index says"),
-            ("garbage", vec![0x5a; 4096], n, "does not decompress"),
-        ];
-        for (what, f, len, why) in cases {
-            for need in [usize::MAX, 100] {
-                let mut nop = |_: &mut Vec<u8>| {};
-                let early = (need != usize::MAX).then_some(&mut nop as Early<'_>);
-                let e = decode(&f, len, need, early).unwrap_err();
-                assert!(e.contains(why), "{what}, need {need}: {e}");
-            }
-        }
-        // Any one byte changed: an error or other bytes, never a panic.
-        for at in (0..frame.len()).step_by(frame.len() / 97) {
-            let mut f = frame.clone();
-            f[at] ^= 0x40;
-            let _ = decode(&f, n, 100, Some(&mut |_: &mut Vec<u8>| {}));
-        }
-    }
 }

@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 
 use lru::LruCache;
 
-use crate::archive::{Archive, StepDecoder, new_decompressor};
+use crate::archive::{Archive, Partial, new_decompressor};
 use crate::error::Error;
 
 /// The largest block [`BlockCache::get_here`] decodes on the caller's
@@ -110,8 +110,24 @@ struct State {
     /// Buffers of evicted blocks no reply still used, for the workers'
     /// next decodes (at most one per worker).
     free: Vec<Vec<u8>>,
+    /// Blocks decoded only as far as a read needed (random reads of a
+    /// large file), resumed where they stopped if a read needs more, or
+    /// dropped, least recently used first, past `threads *
+    /// PAUSED_PER_THREAD` of them or `capacity / PAUSED_SHARE` bytes (on
+    /// top of the decoded blocks').
+    paused: LruCache<Key, Box<Partial>>,
+    paused_bytes: u64,
+    /// Decoders of blocks done with, for the next ones (boxed, as in
+    /// `paused`, which they move to and from).
+    #[allow(clippy::vec_box)]
+    partials: Vec<Box<Partial>>,
     shutdown: bool,
 }
+
+/// Blocks decoded in part hold at most this share of the cache's budget,
+/// and there are at most this many of them per thread.
+const PAUSED_SHARE: u64 = 8;
+const PAUSED_PER_THREAD: usize = 4;
 
 struct Pending {
     /// What to decode the block from.
@@ -156,6 +172,9 @@ impl BlockCache {
                 prefetch: VecDeque::new(),
                 bad: HashMap::new(),
                 free: Vec::new(),
+                paused: LruCache::unbounded(),
+                paused_bytes: 0,
+                partials: Vec::new(),
                 shutdown: false,
             }),
             wake: Condvar::new(),
@@ -268,22 +287,28 @@ impl BlockCache {
                 started: true,
                 in_demand: true,
             });
+            let resumed = st.paused.pop(&b);
+            if let Some(p) = &resumed {
+                st.paused_bytes -= p.cost() as u64;
+            }
+            let part = resumed.ok_or_else(|| st.partials.pop().unwrap_or_default());
             drop(st);
             thread_local! {
-                static DECODER: std::cell::RefCell<Option<(StepDecoder, Vec<u8>)>> =
-                    const { std::cell::RefCell::new(None) };
+                static SPARE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
             }
             // Taken out while decoding: the readers' callbacks run inside
             // the decode, and one that read again would find it borrowed.
-            let (mut dec, mut spare) = DECODER.take().unwrap_or_default();
+            let mut spare = SPARE.take();
             let need = needs.get(k).copied().unwrap_or(usize::MAX);
-            let how = How::Early {
-                dec: &mut dec,
+            sh.decode_here(
+                b,
+                origin.archive.clone(),
+                part,
                 need,
-                first: (gather, k),
-            };
-            sh.decode(b, origin.archive.clone(), how, &mut spare);
-            DECODER.set(Some((dec, spare)));
+                (gather, k),
+                &mut spare,
+            );
+            SPARE.set(spare);
             return;
         }
         let mut queued = 0;
@@ -418,7 +443,7 @@ impl Shared {
         // made ready after a reply, while no reader waits on this worker.
         let mut spare: Vec<u8> = Vec::new();
         loop {
-            let (b, archive) = {
+            let (b, archive, resumed) = {
                 let mut st = lock(&self.state);
                 loop {
                     if st.shutdown {
@@ -430,7 +455,10 @@ impl Shared {
                     st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
                 }
             };
-            self.decode(b, archive, How::Whole(&mut dec), &mut spare);
+            match resumed {
+                Some(part) => self.resume(b, archive, part),
+                None => self.decode(b, archive, &mut dec, &mut spare),
+            }
         }
     }
 
@@ -438,7 +466,13 @@ impl Shared {
     /// damaged) and hands it to the readers waiting for it. `spare` is the
     /// buffer to decode into, its pages already touched; it is made ready
     /// for the next block afterwards, while no reader waits on this thread.
-    fn decode(&self, b: Key, archive: Arc<Archive>, how: How, spare: &mut Vec<u8>) {
+    fn decode(
+        &self,
+        b: Key,
+        archive: Arc<Archive>,
+        dec: &mut zstd::bulk::Decompressor<'static>,
+        spare: &mut Vec<u8>,
+    ) {
         let block_size = archive.block_size();
         let len = archive
             .index
@@ -465,31 +499,22 @@ impl Shared {
         if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
             panic!("test: decoding block {b:?} panics");
         }
-        let r = match how {
-            How::Whole(dec) => archive.read_block_into(b.1, dec, &mut buf),
-            How::Early {
-                dec,
-                need,
-                first: (gather, k),
-            } => archive.read_block_early(b.1, need, dec, &mut buf, &mut |out| {
-                // The first reader is answered from the part decoded so far
-                // (its reply is sent before `fill` returns); later readers,
-                // and the cache, get the whole block.
-                let part = Arc::new(std::mem::take(out));
-                gather.fill(k, Ok(part.clone()));
-                if let Ok(v) = Arc::try_unwrap(part) {
-                    *out = v;
-                }
-            }),
-        };
+        let r = archive.read_block_into(b.1, dec, &mut buf).map(|()| buf);
         std::mem::forget(unwinding);
         drop(archive);
+        self.complete(b, r);
+        self.refill(spare, len, block_size);
+    }
+
+    /// Caches block `b` (or remembers why it is damaged) and hands it to
+    /// the readers waiting for it.
+    fn complete(&self, b: Key, r: crate::error::Result<Vec<u8>>) {
         self.decoded.fetch_add(1, Ordering::Relaxed);
         let (waiters, result) = {
             let mut st = lock(&self.state);
             let waiters = st.pending.remove(&b).map(|p| p.waiters);
             let result = match r {
-                Ok(()) => {
+                Ok(buf) => {
                     let d = Arc::new(buf);
                     st.insert(b, d.clone(), self.capacity, self.threads);
                     Ok(d)
@@ -505,9 +530,12 @@ impl Shared {
         for (g, k) in waiters {
             g.fill(k, result.clone());
         }
-        drop(result);
-        // Sized by the block just decoded (a real one, not the
-        // header's word), when it was a whole block.
+    }
+
+    /// Makes `spare` ready for the next block after one of `len` bytes:
+    /// sized by the block just decoded (a real one, not the header's word),
+    /// when it was a whole block, its pages touched.
+    fn refill(&self, spare: &mut Vec<u8>, len: u64, block_size: u64) {
         let want = len as usize;
         if len >= block_size / 2 && spare.capacity() < want {
             let recycled = lock(&self.state).free.pop();
@@ -517,19 +545,108 @@ impl Shared {
             };
         }
     }
-}
 
-/// How [`Shared::decode`] decodes a block.
-enum How<'a> {
-    /// Whole, then hands it out.
-    Whole(&'a mut zstd::bulk::Decompressor<'static>),
-    /// Hands it to the first reader (its gather and slot) once its first
-    /// `need` bytes are decoded, then decodes the rest.
-    Early {
-        dec: &'a mut StepDecoder,
+    /// Decodes block `b` on the reader's thread: from where `part` stopped
+    /// if it was decoded in part before (`Ok`), else from its start (`Err`,
+    /// a decoder to start with). The first reader (`first`: its gather and
+    /// slot) is answered once its first `need` bytes are decoded; the block
+    /// is then left decoded in part, unless other readers wait for it
+    /// meanwhile, which get it whole.
+    fn decode_here(
+        &self,
+        b: Key,
+        archive: Arc<Archive>,
+        part: Result<Box<Partial>, Box<Partial>>,
         need: usize,
         first: (Arc<Gather>, usize),
-    },
+        spare: &mut Vec<u8>,
+    ) {
+        let block_size = archive.block_size();
+        let len = archive
+            .index
+            .blocks
+            .get(b.1 as usize)
+            .map_or(0, |x| u64::from(x.len));
+        let unwinding = FailOnUnwind {
+            cache: self,
+            b,
+            archive: &archive,
+        };
+        #[cfg(test)]
+        if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
+            panic!("test: decoding block {b:?} panics");
+        }
+        let (mut part, fresh) = match part {
+            Ok(p) => (p, false),
+            Err(p) => (p, true),
+        };
+        let started = if fresh {
+            // A short block (a file's tail) gets a buffer of its own size,
+            // so that the cache's byte budget holds what it holds.
+            let buf = if len >= spare.capacity() as u64 / 2 {
+                std::mem::take(spare)
+            } else {
+                Vec::new()
+            };
+            part.start(&archive, b.1, buf)
+        } else {
+            Ok(())
+        };
+        let r = started.and_then(|()| part.advance(&archive, need));
+        std::mem::forget(unwinding);
+        match r {
+            Ok(false) => {
+                // The reply is sent before `fill` returns.
+                part.lend(|d| first.0.fill(first.1, Ok(d)));
+                let mut st = lock(&self.state);
+                let others = st.pending.get(&b).is_some_and(|p| p.waiters.len() > 1);
+                let budget = self.capacity / PAUSED_SHARE;
+                if !others && st.paused_bytes + part.cost() as u64 <= budget {
+                    st.pending.remove(&b);
+                    st.paused_bytes += part.cost() as u64;
+                    st.paused.put(b, part);
+                    while st.paused.len() > self.threads * PAUSED_PER_THREAD {
+                        match st.paused.pop_lru() {
+                            Some((_, old)) => {
+                                st.paused_bytes -= old.cost() as u64;
+                                st.recycle(old, self.threads);
+                            }
+                            None => break,
+                        }
+                    }
+                    drop(st);
+                } else {
+                    drop(st);
+                    self.resume(b, archive.clone(), part);
+                }
+            }
+            Ok(true) => {
+                let d = part.take();
+                lock(&self.state).recycle(part, self.threads);
+                self.complete(b, Ok(d));
+            }
+            Err(e) => {
+                lock(&self.state).recycle(part, self.threads);
+                self.complete(b, Err(e));
+            }
+        }
+        if fresh {
+            self.refill(spare, len, block_size);
+        }
+    }
+
+    /// Decodes the rest of block `b`, decoded in part, and hands it out.
+    fn resume(&self, b: Key, archive: Arc<Archive>, mut part: Box<Partial>) {
+        let unwinding = FailOnUnwind {
+            cache: self,
+            b,
+            archive: &archive,
+        };
+        let r = part.advance(&archive, usize::MAX).map(|_| part.take());
+        std::mem::forget(unwinding);
+        lock(&self.state).recycle(part, self.threads);
+        self.complete(b, r);
+    }
 }
 
 /// Fails block `b`'s readers if dropped, which only an unwinding decode
@@ -558,9 +675,10 @@ impl Drop for FailOnUnwind<'_> {
 }
 
 impl State {
-    /// The next block to decode, and its archive: readers' first, then
-    /// read-ahead's.
-    fn next_job(&mut self) -> Option<(Key, Arc<Archive>)> {
+    /// The next block to decode, its archive, and where its decoding
+    /// stopped if it was decoded in part: readers' first, then read-ahead's.
+    #[allow(clippy::type_complexity)]
+    fn next_job(&mut self) -> Option<(Key, Arc<Archive>, Option<Box<Partial>>)> {
         while let Some(b) = self
             .demand
             .pop_front()
@@ -570,11 +688,23 @@ impl State {
                 && !p.started
             {
                 p.started = true;
-                return Some((b, p.archive.clone()));
+                let archive = p.archive.clone();
+                let resumed = self.paused.pop(&b);
+                if let Some(r) = &resumed {
+                    self.paused_bytes -= r.cost() as u64;
+                }
+                return Some((b, archive, resumed));
             }
             // Already taken through the other queue.
         }
         None
+    }
+
+    /// Keeps `part`'s decoder for the next block decoded in part.
+    fn recycle(&mut self, part: Box<Partial>, threads: usize) {
+        if self.partials.len() < threads {
+            self.partials.push(part);
+        }
     }
 
     fn insert(&mut self, b: Key, d: Data, capacity: u64, workers: usize) {
@@ -799,7 +929,7 @@ mod tests {
     }
 
     #[test]
-    fn a_read_is_answered_from_the_start_of_a_block_and_the_block_cached_whole() {
+    fn a_block_is_decoded_as_far_as_reads_need_and_cached_once_whole() {
         // 1 MiB blocks: eight zstd blocks each, so a frame can be decoded
         // in parts.
         let (_d, a) = archive_of("early", 2, 0, 1 << 20);
@@ -823,13 +953,28 @@ mod tests {
             part.len()
         );
         assert_eq!(part[..], whole[..part.len()]);
-        // Cached whole: the next read of its end is a hit.
+        assert_eq!(c.stats().decoded, 0, "the rest waits for a reader");
+        // A read a little further on goes on from there, on this thread.
+        let (tx, rx) = mpsc::channel();
+        let further = part.len() + 1000;
+        c.get_here(
+            &o,
+            &[1],
+            &[further],
+            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+        );
+        let more = rx.try_recv().unwrap().unwrap();
+        assert!(more.len() >= further && more.len() < whole.len());
+        assert_eq!(more[..], whole[..more.len()]);
+        // A read of its end (here through a worker) gets it whole, cached.
         assert_eq!(*get_sync(&c, &o, &[1]).unwrap()[0], whole);
         assert_eq!(c.stats().decoded, 1);
+        assert_eq!(*get_sync(&c, &o, &[1]).unwrap()[0], whole);
         assert_eq!(c.stats().hits, 1);
-        // A read of the end needs the whole block.
+        // A read of a block's end needs all of it.
         let got = get_sync_on(&c, &o, &[0], true).unwrap();
         assert_eq!(*got[0], a.read_block(0, &mut dec).unwrap());
+        assert_eq!(c.stats().decoded, 2);
 
         // With `check_content` (or no frame check) nothing is handed out
         // before the content hash of the whole block is checked.

@@ -484,6 +484,12 @@ impl Archive {
         self.checks.get(i as usize).copied().unwrap_or_default()
     }
 
+    /// Whether its blocks are decoded in parts by [`Partial`]: it has
+    /// frame checks, and `check_content` is off.
+    pub fn decodes_in_parts(&self) -> bool {
+        !self.checks.is_empty() && !self.check_content
+    }
+
     /// Block `i`'s entry in the block table.
     fn block(&self, i: u64) -> Result<&Block> {
         self.index

@@ -37,10 +37,12 @@ use lru::LruCache;
 use crate::archive::{Archive, Partial, new_decompressor};
 use crate::error::Error;
 
-/// The largest block [`BlockCache::get_here`] decodes on the caller's
-/// thread, which then keeps a buffer of that size: a larger block takes
-/// long enough to decode that a worker's wake-up no longer counts, and
-/// would hold the kernel's request thread that much longer.
+/// The largest block [`BlockCache::get_here`] decodes whole on the
+/// caller's thread, which then keeps a buffer of that size: a larger block
+/// takes long enough to decode that a worker's wake-up no longer counts,
+/// and would hold the kernel's request thread that much longer. A block
+/// that can be decoded in part (format 1.2) is decoded there whatever its
+/// size, only as far as the read needs, into a buffer of its own.
 const DECODE_HERE_MAX: u64 = 4 << 20;
 
 /// A decompressed block, exactly its index length.
@@ -276,7 +278,7 @@ impl BlockCache {
             done: Some(done),
         })));
         if let Some(needs) = here
-            && origin.archive.block_size() <= DECODE_HERE_MAX
+            && (origin.archive.block_size() <= DECODE_HERE_MAX || origin.archive.decodes_in_parts())
             && let [k] = missing[..]
             && let b = (id, blocks[k])
             && let Entry::Vacant(v) = st.pending.entry(b)
@@ -576,21 +578,23 @@ impl Shared {
         if tests::PANIC_AT.with(|p| p.get()) == Some(b) {
             panic!("test: decoding block {b:?} panics");
         }
-        let (mut part, fresh) = match part {
-            Ok(p) => (p, false),
-            Err(p) => (p, true),
+        let (mut part, resumed) = match part {
+            Ok(p) => (p, true),
+            Err(p) => (p, false),
         };
-        let started = if fresh {
+        // The thread's spare buffer serves blocks up to DECODE_HERE_MAX.
+        let use_spare = !resumed && block_size <= DECODE_HERE_MAX;
+        let started = if resumed {
+            Ok(())
+        } else {
             // A short block (a file's tail) gets a buffer of its own size,
             // so that the cache's byte budget holds what it holds.
-            let buf = if len >= spare.capacity() as u64 / 2 {
+            let buf = if use_spare && len >= spare.capacity() as u64 / 2 {
                 std::mem::take(spare)
             } else {
                 Vec::new()
             };
             part.start(&archive, b.1, buf)
-        } else {
-            Ok(())
         };
         let r = started.and_then(|()| part.advance(&archive, need));
         std::mem::forget(unwinding);
@@ -601,11 +605,16 @@ impl Shared {
                 let mut st = lock(&self.state);
                 let others = st.pending.get(&b).is_some_and(|p| p.waiters.len() > 1);
                 let budget = self.capacity / PAUSED_SHARE;
-                if !others && st.paused_bytes + part.cost() as u64 <= budget {
+                // The newest stays: a read near another is likelier soon
+                // after it. A block too large for the budget is decoded
+                // whole now.
+                if !others && part.cost() as u64 <= budget {
                     st.pending.remove(&b);
                     st.paused_bytes += part.cost() as u64;
                     st.paused.put(b, part);
-                    while st.paused.len() > self.threads * PAUSED_PER_THREAD {
+                    while st.paused.len() > self.threads * PAUSED_PER_THREAD
+                        || st.paused_bytes > budget
+                    {
                         match st.paused.pop_lru() {
                             Some((_, old)) => {
                                 st.paused_bytes -= old.cost() as u64;
@@ -630,7 +639,7 @@ impl Shared {
                 self.complete(b, Err(e));
             }
         }
-        if fresh {
+        if use_spare {
             self.refill(spare, len, block_size);
         }
     }
@@ -975,6 +984,23 @@ mod tests {
         let got = get_sync_on(&c, &o, &[0], true).unwrap();
         assert_eq!(*got[0], a.read_block(0, &mut dec).unwrap());
         assert_eq!(c.stats().decoded, 2);
+
+        // A block larger than DECODE_HERE_MAX too, on this thread.
+        let (_d, a8) = archive_of("early-8m", 1, 0, 8 << 20);
+        let whole8 = a8.read_block(0, &mut dec).unwrap();
+        let a8 = Arc::new(a8);
+        let o8 = origin(1, &a8);
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            &o8,
+            &[0],
+            &[5000],
+            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+        );
+        let part = rx.try_recv().expect("answered on this thread").unwrap();
+        assert!(part.len() >= 5000 && part.len() < whole8.len());
+        assert_eq!(part[..], whole8[..part.len()]);
+        assert_eq!(*get_sync(&c, &o8, &[0]).unwrap()[0], whole8);
 
         // With `check_content` (or no frame check) nothing is handed out
         // before the content hash of the whole block is checked.

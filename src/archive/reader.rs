@@ -484,10 +484,11 @@ impl Archive {
         self.checks.get(i as usize).copied().unwrap_or_default()
     }
 
-    /// Whether its blocks are decoded in parts by [`Partial`]: it has
-    /// frame checks, and `check_content` is off.
-    pub fn decodes_in_parts(&self) -> bool {
-        !self.checks.is_empty() && !self.check_content
+    /// Whether [`Partial`] decodes block `i` in parts: it has a frame
+    /// check (not every block of a repository snapshot has one), and
+    /// `check_content` is off.
+    pub fn decodes_in_parts(&self, i: u64) -> bool {
+        self.frame_check_of(i) != [0; 16] && !self.check_content
     }
 
     /// Block `i`'s entry in the block table.
@@ -691,6 +692,14 @@ impl StepDecoder {
 /// [`Partial`] feeds its decoder.
 const FRAME_HEADER_MAX: usize = 18;
 
+/// The most a zstd block decodes to (RFC 8878 §3.1.1.2.4).
+const ZSTD_BLOCK_MAX: usize = 128 << 10;
+
+/// What a zstd decoding context holds besides the buffers it is given
+/// (about 100 KiB, and an input buffer of up to a block), for
+/// [`Partial::cost`].
+const DCTX_COST: usize = 256 << 10;
+
 fn zstd_error(what: &str, code: zstd::zstd_safe::ErrorCode) -> String {
     format!("{what}: {}", zstd::zstd_safe::get_error_name(code))
 }
@@ -779,7 +788,9 @@ impl Partial {
         {
             return Err(archive.block_err(i, "frame check mismatch (damaged frame)"));
         }
-        self.parts = check.is_some() && !archive.check_content;
+        // A frame of one zstd block (a block of 128 KiB or less) is fed
+        // whole: zstd then decodes it in one pass.
+        self.parts = check.is_some() && !archive.check_content && self.len > ZSTD_BLOCK_MAX;
         self.restart(archive)
     }
 
@@ -809,9 +820,20 @@ impl Partial {
         self.out.len()
     }
 
-    /// Bytes held: the buffer and the frame.
+    /// Bytes held: the buffer, the frame and the decoder.
     pub fn cost(&self) -> usize {
-        self.out.capacity() + self.frame.capacity()
+        self.out.capacity() + self.frame.capacity() + DCTX_COST
+    }
+
+    /// Lets go of the last block's buffer, and of a frame buffer larger
+    /// than a 1 MiB block's: what is kept for the next block is the
+    /// decoder.
+    pub fn release(&mut self) {
+        self.out = Vec::new();
+        self.whole = true;
+        if self.frame.capacity() > (1 << 20) + (1 << 13) {
+            self.frame = Vec::new();
+        }
     }
 
     /// Decodes on until `need` bytes are decoded, or all of the block

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! read ─► get(blocks, done) ─┬─ all cached ─────────────────────► done(blocks), on the caller's thread
-//!                            ├─ one missing (get_here) ─► decode ─► LRU ─► done(blocks), on the caller's thread
+//!                            ├─ one missing (get_here) ─► decode as far as the read needs ─► done(blocks),
+//!                            │      on the caller's thread ─► paused (decoded in part), resumed by a later read
 //!                            └─ some missing ─► pending ─► pool ─► LRU ─► done(blocks), on a worker
 //! sequential read ─► prefetch(next blocks) ─► same pool, served after every demand miss
 //! ```
@@ -15,6 +16,14 @@
 //! wait on the first one's decode. The LRU is bounded in bytes of decoded
 //! data; blocks handed to readers are reference-counted, so evicting one
 //! never disturbs a reply being built from it.
+//!
+//! A random read needs a few KiB of a block, on average from its middle.
+//! A block whose frame has a check ([`Partial`]) is decoded on the reader's
+//! thread only as far as the read needs, and paused there: a later read of
+//! it goes on from where it stopped, and it enters the LRU once whole. A
+//! few paused blocks are kept (`PAUSED_PER_THREAD` a thread, an eighth of
+//! the budget on top of it), the least recently used dropped first (read
+//! again, such a block is decoded again from its start).
 //!
 //! A block is keyed by its archive's number in the mount ([`Origin::id`])
 //! and its number in that archive, so the archives of a multi-archive mount
@@ -45,7 +54,8 @@ use crate::error::Error;
 /// size, only as far as the read needs, into a buffer of its own.
 const DECODE_HERE_MAX: u64 = 4 << 20;
 
-/// A decompressed block, exactly its index length.
+/// A decompressed block, exactly its index length; or, handed to the one
+/// reader it was decoded for, as much of its start as that reader needs.
 pub type Data = Arc<Vec<u8>>;
 /// Why a block cannot be read (an `Error::Block` naming it).
 pub type Failure = Arc<Error>;
@@ -139,6 +149,8 @@ struct Pending {
     started: bool,
     /// It is in the demand queue (not only in the prefetch queue).
     in_demand: bool,
+    /// Decoded in part on a reader's thread, for a worker to finish.
+    rest: Option<Box<Partial>>,
 }
 
 /// One reader's blocks, filled in as workers finish them.
@@ -226,10 +238,10 @@ impl BlockCache {
     /// are several, so that one decoding does not hold the others up.
     ///
     /// `needs[k]` is how many bytes from the start of `blocks[k]` the
-    /// reader uses. A block decoded here goes to `done` as soon as that
-    /// much of it is decoded (when its frame has a check: see
-    /// [`Archive::read_block_early`]), shorter than its index length; the
-    /// rest is decoded after, on this thread, and cached whole.
+    /// reader uses. A block decoded here that can be decoded in part (see
+    /// [`Partial`]) is decoded only that far and goes to `done` shorter
+    /// than its index length; it is kept so, paused, and a later read
+    /// that needs more goes on from there.
     pub fn get_here(&self, origin: &Origin, blocks: &[u64], needs: &[usize], done: Done) {
         debug_assert_eq!(blocks.len(), needs.len());
         self.get_on(origin, blocks, done, Some(needs))
@@ -278,9 +290,10 @@ impl BlockCache {
             done: Some(done),
         })));
         if let Some(needs) = here
-            && (origin.archive.block_size() <= DECODE_HERE_MAX || origin.archive.decodes_in_parts())
             && let [k] = missing[..]
             && let b = (id, blocks[k])
+            && (origin.archive.block_size() <= DECODE_HERE_MAX
+                || origin.archive.decodes_in_parts(b.1))
             && let Entry::Vacant(v) = st.pending.entry(b)
         {
             v.insert(Pending {
@@ -288,12 +301,13 @@ impl BlockCache {
                 waiters: vec![(gather.clone(), k)],
                 started: true,
                 in_demand: true,
+                rest: None,
             });
             let resumed = st.paused.pop(&b);
             if let Some(p) = &resumed {
                 st.paused_bytes -= p.cost() as u64;
             }
-            let part = resumed.ok_or_else(|| st.partials.pop().unwrap_or_default());
+            let part = resumed.ok_or_else(|| st.partials.pop());
             drop(st);
             thread_local! {
                 static SPARE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -336,6 +350,7 @@ impl BlockCache {
                         waiters: vec![(gather.clone(), k)],
                         started: false,
                         in_demand: true,
+                        rest: None,
                     });
                     st.demand.push_back(b);
                     queued += 1;
@@ -374,6 +389,7 @@ impl BlockCache {
                     waiters: Vec::new(),
                     started: false,
                     in_demand: false,
+                    rest: None,
                 },
             );
             st.prefetch.push_back(b);
@@ -550,15 +566,16 @@ impl Shared {
 
     /// Decodes block `b` on the reader's thread: from where `part` stopped
     /// if it was decoded in part before (`Ok`), else from its start (`Err`,
-    /// a decoder to start with). The first reader (`first`: its gather and
-    /// slot) is answered once its first `need` bytes are decoded; the block
-    /// is then left decoded in part, unless other readers wait for it
-    /// meanwhile, which get it whole.
+    /// perhaps with a decoder to start with). The first reader (`first`:
+    /// its gather and slot) is answered once its first `need` bytes are
+    /// decoded; the block is then left paused, unless other readers came
+    /// for it meanwhile (decoded whole for them, here) or it is too large
+    /// for the paused blocks' budget (finished by a worker, as read-ahead).
     fn decode_here(
         &self,
         b: Key,
         archive: Arc<Archive>,
-        part: Result<Box<Partial>, Box<Partial>>,
+        part: Result<Box<Partial>, Option<Box<Partial>>>,
         need: usize,
         first: (Arc<Gather>, usize),
         spare: &mut Vec<u8>,
@@ -580,7 +597,7 @@ impl Shared {
         }
         let (mut part, resumed) = match part {
             Ok(p) => (p, true),
-            Err(p) => (p, false),
+            Err(p) => (p.unwrap_or_default(), false),
         };
         // The thread's spare buffer serves blocks up to DECODE_HERE_MAX.
         let use_spare = !resumed && block_size <= DECODE_HERE_MAX;
@@ -597,11 +614,12 @@ impl Shared {
             part.start(&archive, b.1, buf)
         };
         let r = started.and_then(|()| part.advance(&archive, need));
-        std::mem::forget(unwinding);
         match r {
             Ok(false) => {
-                // The reply is sent before `fill` returns.
+                // The reply is sent before `fill` returns: should it panic,
+                // `unwinding` still fails the block's other readers.
                 part.lend(|d| first.0.fill(first.1, Ok(d)));
+                std::mem::forget(unwinding);
                 let mut st = lock(&self.state);
                 let others = st.pending.get(&b).is_some_and(|p| p.waiters.len() > 1);
                 let budget = self.capacity / PAUSED_SHARE;
@@ -611,7 +629,8 @@ impl Shared {
                 if !others && part.cost() as u64 <= budget {
                     st.pending.remove(&b);
                     st.paused_bytes += part.cost() as u64;
-                    st.paused.put(b, part);
+                    let was = st.paused.put(b, part);
+                    debug_assert!(was.is_none(), "a block paused twice");
                     while st.paused.len() > self.threads * PAUSED_PER_THREAD
                         || st.paused_bytes > budget
                     {
@@ -624,17 +643,29 @@ impl Shared {
                         }
                     }
                     drop(st);
+                } else if !others && let Some(p) = st.pending.get_mut(&b) {
+                    // Too large to keep in part: a worker finishes it, as
+                    // read-ahead, rather than this request thread.
+                    p.rest = Some(part);
+                    p.started = false;
+                    // A reader that comes for it meanwhile moves it up.
+                    p.in_demand = false;
+                    st.prefetch.push_back(b);
+                    drop(st);
+                    self.wake.notify_one();
                 } else {
                     drop(st);
                     self.resume(b, archive.clone(), part);
                 }
             }
             Ok(true) => {
+                std::mem::forget(unwinding);
                 let d = part.take();
                 lock(&self.state).recycle(part, self.threads);
                 self.complete(b, Ok(d));
             }
             Err(e) => {
+                std::mem::forget(unwinding);
                 lock(&self.state).recycle(part, self.threads);
                 self.complete(b, Err(e));
             }
@@ -698,10 +729,16 @@ impl State {
             {
                 p.started = true;
                 let archive = p.archive.clone();
-                let resumed = self.paused.pop(&b);
-                if let Some(r) = &resumed {
-                    self.paused_bytes -= r.cost() as u64;
-                }
+                let resumed = match p.rest.take() {
+                    Some(r) => Some(r),
+                    None => {
+                        let r = self.paused.pop(&b);
+                        if let Some(r) = &r {
+                            self.paused_bytes -= r.cost() as u64;
+                        }
+                        r
+                    }
+                };
                 return Some((b, archive, resumed));
             }
             // Already taken through the other queue.
@@ -709,9 +746,11 @@ impl State {
         None
     }
 
-    /// Keeps `part`'s decoder for the next block decoded in part.
-    fn recycle(&mut self, part: Box<Partial>, threads: usize) {
+    /// Keeps `part`'s decoder, not its buffers, for the next block
+    /// decoded in part.
+    fn recycle(&mut self, mut part: Box<Partial>, threads: usize) {
         if self.partials.len() < threads {
+            part.release();
             self.partials.push(part);
         }
     }
@@ -903,6 +942,49 @@ mod tests {
     thread_local! {
         /// A block whose decode panics, on this thread (tests only).
         pub static PANIC_AT: std::cell::Cell<Option<Key>> = const { std::cell::Cell::new(None) };
+    }
+
+    #[test]
+    fn a_block_too_large_to_keep_in_part_is_finished_by_a_worker() {
+        // A 4 MiB cache: half a MiB for paused blocks, less than one.
+        let (_d, a) = archive_of("rest", 2, 0, 1 << 20);
+        let mut dec = new_decompressor();
+        let whole = a.read_block(1, &mut dec).unwrap();
+        let a = Arc::new(a);
+        let c = BlockCache::new(4 << 20, 1).unwrap();
+        let o = origin(0, &a);
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            &o,
+            &[1],
+            &[5000],
+            Box::new(move |r| tx.send(r.map(|d| d[0].len())).unwrap()),
+        );
+        let n = rx.try_recv().expect("answered on this thread").unwrap();
+        assert!(n < whole.len());
+        let t = std::time::Instant::now();
+        while c.cached(&o, &[1]).is_none() {
+            assert!(t.elapsed().as_secs() < 30, "no worker finished it");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(*c.cached(&o, &[1]).unwrap()[0], whole);
+        assert_eq!(c.stats().decoded, 1);
+    }
+
+    #[test]
+    fn a_reader_that_panics_on_a_part_strands_no_one() {
+        let (_d, a) = archive_of("lend-panics", 2, 0, 1 << 20);
+        let a = Arc::new(a);
+        let c = BlockCache::new(1 << 30, 1).unwrap();
+        let o = origin(0, &a);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            c.get_here(&o, &[1], &[5000], Box::new(|_| panic!("test: a reply panics")))
+        }));
+        assert!(r.is_err());
+        // Later readers get an error at once, not a wait.
+        let e = get_sync(&c, &o, &[1]).unwrap_err();
+        assert!(e.to_string().contains("block 1"), "{e}");
+        assert!(get_sync(&c, &o, &[0]).is_ok());
     }
 
     #[test]

@@ -978,7 +978,12 @@ mod tests {
         let c = BlockCache::new(1 << 30, 1).unwrap();
         let o = origin(0, &a);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            c.get_here(&o, &[1], &[5000], Box::new(|_| panic!("test: a reply panics")))
+            c.get_here(
+                &o,
+                &[1],
+                &[5000],
+                Box::new(|_| panic!("test: a reply panics")),
+            )
         }));
         assert!(r.is_err());
         // Later readers get an error at once, not a wait.

@@ -22,8 +22,9 @@
 //! thread only as far as the read needs, and paused there: a later read of
 //! it goes on from where it stopped, and it enters the LRU once whole. A
 //! few paused blocks are kept (`PAUSED_PER_THREAD` a thread, an eighth of
-//! the budget on top of it), the least recently used dropped first (read
-//! again, such a block is decoded again from its start).
+//! the budget on top of it, the newest even if alone it exceeds that), the
+//! least recently used dropped first (read again, such a block is decoded
+//! again from its start).
 //!
 //! A block is keyed by its archive's number in the mount ([`Origin::id`])
 //! and its number in that archive, so the archives of a multi-archive mount
@@ -149,8 +150,6 @@ struct Pending {
     started: bool,
     /// It is in the demand queue (not only in the prefetch queue).
     in_demand: bool,
-    /// Decoded in part on a reader's thread, for a worker to finish.
-    rest: Option<Box<Partial>>,
 }
 
 /// One reader's blocks, filled in as workers finish them.
@@ -301,7 +300,6 @@ impl BlockCache {
                 waiters: vec![(gather.clone(), k)],
                 started: true,
                 in_demand: true,
-                rest: None,
             });
             let resumed = st.paused.pop(&b);
             if let Some(p) = &resumed {
@@ -350,7 +348,6 @@ impl BlockCache {
                         waiters: vec![(gather.clone(), k)],
                         started: false,
                         in_demand: true,
-                        rest: None,
                     });
                     st.demand.push_back(b);
                     queued += 1;
@@ -389,7 +386,6 @@ impl BlockCache {
                     waiters: Vec::new(),
                     started: false,
                     in_demand: false,
-                    rest: None,
                 },
             );
             st.prefetch.push_back(b);
@@ -569,8 +565,7 @@ impl Shared {
     /// perhaps with a decoder to start with). The first reader (`first`:
     /// its gather and slot) is answered once its first `need` bytes are
     /// decoded; the block is then left paused, unless other readers came
-    /// for it meanwhile (decoded whole for them, here) or it is too large
-    /// for the paused blocks' budget (finished by a worker, as read-ahead).
+    /// for it meanwhile (decoded whole for them, here).
     fn decode_here(
         &self,
         b: Key,
@@ -623,16 +618,16 @@ impl Shared {
                 let mut st = lock(&self.state);
                 let others = st.pending.get(&b).is_some_and(|p| p.waiters.len() > 1);
                 let budget = self.capacity / PAUSED_SHARE;
-                // The newest stays: a read near another is likelier soon
-                // after it. A block too large for the budget is decoded
-                // whole now.
-                if !others && part.cost() as u64 <= budget {
+                // The newest stays, even alone over the budget (as the
+                // LRU keeps its newest block): a read near another is
+                // likelier soon after it.
+                if !others {
                     st.pending.remove(&b);
                     st.paused_bytes += part.cost() as u64;
                     let was = st.paused.put(b, part);
                     debug_assert!(was.is_none(), "a block paused twice");
                     while st.paused.len() > self.threads * PAUSED_PER_THREAD
-                        || st.paused_bytes > budget
+                        || (st.paused_bytes > budget && st.paused.len() > 1)
                     {
                         match st.paused.pop_lru() {
                             Some((_, old)) => {
@@ -643,16 +638,6 @@ impl Shared {
                         }
                     }
                     drop(st);
-                } else if !others && let Some(p) = st.pending.get_mut(&b) {
-                    // Too large to keep in part: a worker finishes it, as
-                    // read-ahead, rather than this request thread.
-                    p.rest = Some(part);
-                    p.started = false;
-                    // A reader that comes for it meanwhile moves it up.
-                    p.in_demand = false;
-                    st.prefetch.push_back(b);
-                    drop(st);
-                    self.wake.notify_one();
                 } else {
                     drop(st);
                     self.resume(b, archive.clone(), part);
@@ -729,16 +714,10 @@ impl State {
             {
                 p.started = true;
                 let archive = p.archive.clone();
-                let resumed = match p.rest.take() {
-                    Some(r) => Some(r),
-                    None => {
-                        let r = self.paused.pop(&b);
-                        if let Some(r) = &r {
-                            self.paused_bytes -= r.cost() as u64;
-                        }
-                        r
-                    }
-                };
+                let resumed = self.paused.pop(&b);
+                if let Some(r) = &resumed {
+                    self.paused_bytes -= r.cost() as u64;
+                }
                 return Some((b, archive, resumed));
             }
             // Already taken through the other queue.
@@ -945,30 +924,34 @@ mod tests {
     }
 
     #[test]
-    fn a_block_too_large_to_keep_in_part_is_finished_by_a_worker() {
+    fn a_block_too_large_for_the_paused_budget_is_kept_alone() {
         // A 4 MiB cache: half a MiB for paused blocks, less than one.
-        let (_d, a) = archive_of("rest", 2, 0, 1 << 20);
+        let (_d, a) = archive_of("alone", 2, 0, 1 << 20);
         let mut dec = new_decompressor();
         let whole = a.read_block(1, &mut dec).unwrap();
         let a = Arc::new(a);
         let c = BlockCache::new(4 << 20, 1).unwrap();
         let o = origin(0, &a);
-        let (tx, rx) = mpsc::channel();
-        c.get_here(
-            &o,
-            &[1],
-            &[5000],
-            Box::new(move |r| tx.send(r.map(|d| d[0].len())).unwrap()),
-        );
-        let n = rx.try_recv().expect("answered on this thread").unwrap();
-        assert!(n < whole.len());
-        let t = std::time::Instant::now();
-        while c.cached(&o, &[1]).is_none() {
-            assert!(t.elapsed().as_secs() < 30, "no worker finished it");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(*c.cached(&o, &[1]).unwrap()[0], whole);
-        assert_eq!(c.stats().decoded, 1);
+        let part = |b: u64, need: usize| {
+            let (tx, rx) = mpsc::channel();
+            c.get_here(
+                &o,
+                &[b],
+                &[need],
+                Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+            );
+            rx.try_recv().expect("answered on this thread").unwrap()
+        };
+        let first = part(0, 5000);
+        assert!(first.len() < whole.len());
+        let p = part(1, 5000);
+        assert!(p.len() < whole.len());
+        // Block 1 was kept (block 0 dropped for it): read on from there.
+        let more = part(1, p.len() + 1000);
+        assert!(more.len() > p.len() && more.len() < whole.len());
+        assert_eq!(more[..], whole[..more.len()]);
+        assert_eq!(c.stats().decoded, 0);
+        assert_eq!(*get_sync(&c, &o, &[1]).unwrap()[0], whole);
     }
 
     #[test]

@@ -873,6 +873,19 @@ mod tests {
         get_sync_on(c, o, blocks, false)
     }
 
+    /// What a `get_here` of block `b` that needs its first `need` bytes
+    /// hands over, which it must do before it returns (on this thread).
+    fn get_part(c: &BlockCache, o: &Origin, b: u64, need: usize) -> Vec<u8> {
+        let (tx, rx) = mpsc::channel();
+        c.get_here(
+            o,
+            &[b],
+            &[need],
+            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
+        );
+        rx.try_recv().expect("answered on this thread").unwrap()
+    }
+
     /// `get`, or `get_here` if `here`, waited for.
     fn get_sync_on(
         c: &BlockCache,
@@ -932,16 +945,7 @@ mod tests {
         let a = Arc::new(a);
         let c = BlockCache::new(4 << 20, 1).unwrap();
         let o = origin(0, &a);
-        let part = |b: u64, need: usize| {
-            let (tx, rx) = mpsc::channel();
-            c.get_here(
-                &o,
-                &[b],
-                &[need],
-                Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
-            );
-            rx.try_recv().expect("answered on this thread").unwrap()
-        };
+        let part = |b: u64, need: usize| get_part(&c, &o, b, need);
         let first = part(0, 5000);
         assert!(first.len() < whole.len());
         let p = part(1, 5000);
@@ -1018,14 +1022,7 @@ mod tests {
         let a = Arc::new(a);
         let c = BlockCache::new(1 << 30, 1).unwrap();
         let o = origin(0, &a);
-        let (tx, rx) = mpsc::channel();
-        c.get_here(
-            &o,
-            &[1],
-            &[5000],
-            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
-        );
-        let part = rx.try_recv().unwrap().unwrap();
+        let part = get_part(&c, &o, 1, 5000);
         assert!(
             part.len() >= 5000 && part.len() < whole.len(),
             "{}",
@@ -1034,15 +1031,8 @@ mod tests {
         assert_eq!(part[..], whole[..part.len()]);
         assert_eq!(c.stats().decoded, 0, "the rest waits for a reader");
         // A read a little further on goes on from there, on this thread.
-        let (tx, rx) = mpsc::channel();
         let further = part.len() + 1000;
-        c.get_here(
-            &o,
-            &[1],
-            &[further],
-            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
-        );
-        let more = rx.try_recv().unwrap().unwrap();
+        let more = get_part(&c, &o, 1, further);
         assert!(more.len() >= further && more.len() < whole.len());
         assert_eq!(more[..], whole[..more.len()]);
         // A read of its end (here through a worker) gets it whole, cached.
@@ -1060,14 +1050,7 @@ mod tests {
         let whole8 = a8.read_block(0, &mut dec).unwrap();
         let a8 = Arc::new(a8);
         let o8 = origin(1, &a8);
-        let (tx, rx) = mpsc::channel();
-        c.get_here(
-            &o8,
-            &[0],
-            &[5000],
-            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
-        );
-        let part = rx.try_recv().expect("answered on this thread").unwrap();
+        let part = get_part(&c, &o8, 0, 5000);
         assert!(part.len() >= 5000 && part.len() < whole8.len());
         assert_eq!(part[..], whole8[..part.len()]);
         assert_eq!(*get_sync(&c, &o8, &[0]).unwrap()[0], whole8);
@@ -1079,14 +1062,7 @@ mod tests {
         let a = Arc::new(a);
         let c = BlockCache::new(1 << 30, 1).unwrap();
         let o = origin(0, &a);
-        let (tx, rx) = mpsc::channel();
-        c.get_here(
-            &o,
-            &[1],
-            &[5000],
-            Box::new(move |r| tx.send(r.map(|d| d[0].to_vec())).unwrap()),
-        );
-        assert_eq!(rx.try_recv().unwrap().unwrap(), whole);
+        assert_eq!(get_part(&c, &o, 1, 5000), whole);
     }
 
     #[test]

@@ -823,6 +823,21 @@ fn frames_that_match_their_checks_but_lie_when_decoded_in_part() {
             );
         }
     }
+    // A small block (one zstd block, decoded whole) whose content hash
+    // lies: its frame check vouches for it, as for a large one; only
+    // `check_content` (verify) looks at the hash.
+    let s = scene("partial-small");
+    let small = zstd::bulk::compress(&d[..1000], 3).unwrap();
+    craft_with(&s.arc, 1 << 20, vec![(small, 1000, [9; 32])], |_| {});
+    let mut a = Archive::open(&s.arc).unwrap();
+    p.start(&a, 0, Vec::new()).unwrap();
+    assert!(p.advance(&a, 10).unwrap());
+    assert_eq!(p.take(), d[..1000]);
+    a.check_content = true;
+    p.start(&a, 0, Vec::new()).unwrap();
+    let e = p.advance(&a, 10).unwrap_err().to_string();
+    assert!(e.contains("content hash mismatch"), "{e}");
+
     // Any one byte of the good frame changed, its check rewritten to
     // match: an error or other bytes, never a panic.
     for at in (0..good.len()).step_by(good.len() / 97) {

@@ -484,9 +484,9 @@ impl Archive {
         self.checks.get(i as usize).copied().unwrap_or_default()
     }
 
-    /// Whether [`Partial`] decodes block `i` in parts: it has a frame
+    /// Whether [`Partial`] may decode block `i` in parts: it has a frame
     /// check (not every block of a repository snapshot has one), and
-    /// `check_content` is off.
+    /// `check_content` is off. (One of 128 KiB or less it decodes whole.)
     pub fn decodes_in_parts(&self, i: u64) -> bool {
         self.frame_check_of(i) != [0; 16] && !self.check_content
     }
@@ -579,12 +579,7 @@ impl Archive {
     ) -> Result<()> {
         let b = self.block(i)?;
         out.clear();
-        let check = Some(self.frame_check_of(i)).filter(|c| *c != [0; 16]);
-        if let Some(c) = check
-            && frame_check(frame) != c
-        {
-            return Err(self.block_err(i, "frame check mismatch (damaged frame)"));
-        }
+        let checked = self.check_frame(i, frame)?;
         out.reserve(b.len as usize);
         let n = dec
             .decompress_to_buffer(frame, out)
@@ -597,7 +592,28 @@ impl Archive {
         }
         // A frame that matches its check decodes to what the writer
         // compressed: its content hash need not be computed.
-        if (check.is_none() || self.check_content) && *blake3::hash(out).as_bytes() != b.hash {
+        if !checked || self.check_content {
+            self.check_content_hash(i, out)?;
+        }
+        Ok(())
+    }
+
+    /// Checks `frame`, read for block `i`, against its frame check: true
+    /// if it has one (and matches), false if it has none.
+    fn check_frame(&self, i: u64, frame: &[u8]) -> Result<bool> {
+        let check = self.frame_check_of(i);
+        if check == [0; 16] {
+            return Ok(false);
+        }
+        if frame_check(frame) != check {
+            return Err(self.block_err(i, "frame check mismatch (damaged frame)"));
+        }
+        Ok(true)
+    }
+
+    /// Checks `data`, decoded for block `i`, against its content hash.
+    fn check_content_hash(&self, i: u64, data: &[u8]) -> Result<()> {
+        if *blake3::hash(data).as_bytes() != self.block(i)?.hash {
             return Err(self.block_err(i, "content hash mismatch (damaged block)"));
         }
         Ok(())
@@ -723,10 +739,12 @@ thread_local! {
 /// the rest is decoded only if something reads it.
 pub struct Partial {
     dec: StepDecoder,
-    /// Block number, its index length, and whether it may be decoded in parts.
+    /// Block number, its index length, whether it may be decoded in parts,
+    /// and whether its content hash is checked once it is whole.
     block: u64,
     len: usize,
     parts: bool,
+    hashed: bool,
     /// Its frame, and how much of it was fed to the decoder.
     frame: Vec<u8>,
     at: usize,
@@ -753,6 +771,7 @@ impl Partial {
             block: 0,
             len: 0,
             parts: false,
+            hashed: false,
             frame: Vec::new(),
             at: 0,
             hint: 0,
@@ -782,15 +801,11 @@ impl Partial {
             return Ok(());
         }
         archive.read_frame_into(i, &mut self.frame)?;
-        let check = Some(archive.frame_check_of(i)).filter(|c| *c != [0; 16]);
-        if let Some(c) = check
-            && frame_check(&self.frame) != c
-        {
-            return Err(archive.block_err(i, "frame check mismatch (damaged frame)"));
-        }
+        let checked = archive.check_frame(i, &self.frame)?;
+        self.hashed = !checked || archive.check_content;
         // A frame of one zstd block (a block of 128 KiB or less) is fed
         // whole: zstd then decodes it in one pass.
-        self.parts = check.is_some() && !archive.check_content && self.len > ZSTD_BLOCK_MAX;
+        self.parts = !self.hashed && self.len > ZSTD_BLOCK_MAX;
         self.restart(archive)
     }
 
@@ -808,11 +823,6 @@ impl Partial {
             .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
             .map_err(|e| archive.block_err(self.block, zstd_error("cannot start decoding", e)))?;
         Ok(())
-    }
-
-    /// The block this decodes.
-    pub fn block(&self) -> u64 {
-        self.block
     }
 
     /// Bytes decoded so far.
@@ -900,8 +910,8 @@ impl Partial {
                 self.len
             )));
         }
-        if !self.parts && *blake3::hash(&self.out).as_bytes() != archive.block(self.block)?.hash {
-            return Err(err("content hash mismatch (damaged block)".into()));
+        if self.hashed {
+            archive.check_content_hash(self.block, &self.out)?;
         }
         self.whole = true;
         if self.frame.capacity() > KEEP_FRAME_BUFFER {

@@ -258,8 +258,10 @@ fn sigterm_abandons_a_running_snapshot_cleanly() {
     let m = Master::new("daemon-term");
     let (src, repo) = (m.t.path("big"), m.t.path("repo"));
     std::fs::create_dir_all(&src).unwrap();
-    // Slow to compress: noise at a high level.
-    for k in 0..6 {
+    // Slow to compress: noise at a high level, enough of it (128 MiB) that
+    // the run is still going when the daemon is stopped, however fast the
+    // machine.
+    for k in 0..16 {
         write_noise(&src.join(format!("n{k}")), 8 << 20, k);
     }
     assert_ok(&m.hbb(&[

@@ -32,6 +32,7 @@ How each number is taken:
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -339,27 +340,51 @@ def find_mount_pid(mnt):
 
 # --------------------------------------------------------------- random reads
 
-def random_reads(path, file_size, slot, n_cold, n_windows, seed=4):
-    """Cold and cached 4 KiB read latencies (seconds) in one file."""
-    rnd = random.Random(seed)
-    fd = os.open(path, os.O_RDONLY)
+def cold_reads(paths, file_size, slot, n_cold, rnd):
+    """Cold 4 KiB read latencies (seconds) in files of the same content
+    (one per mount): the page cache is dropped, then each read lands in a
+    region of `slot` bytes no earlier read touched, at the same offset in
+    every file, the files taking turns read by read (the first one first,
+    then the second first…), so that each moment of the machine falls on
+    all of them alike. Returns a list of latencies per path and the offsets
+    read."""
+    fds = []
     try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            fds.append(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         nslots = max(1, file_size // slot)
         slots = rnd.sample(range(nslots), min(n_cold, nslots))
         drop_caches()
-        cold = []
+        cold = [[] for _ in paths]
         touched = set()
-        for s in slots:
+        for i, s in enumerate(slots):
             lo = s * slot
             hi = min(file_size, lo + slot) - PAGE
             off = lo + rnd.randrange(0, max(1, (hi - lo) // PAGE)) * PAGE
             touched.add(off)
-            t = time.perf_counter()
-            data = os.pread(fd, PAGE, off)
-            cold.append(time.perf_counter() - t)
-            if len(data) != min(PAGE, file_size - off):
-                raise RuntimeError(f"short read at {off} of {path}")
+            for k in range(len(fds)):
+                j = (i + k) % len(fds)
+                t = time.perf_counter()
+                data = os.pread(fds[j], PAGE, off)
+                cold[j].append(time.perf_counter() - t)
+                if len(data) != min(PAGE, file_size - off):
+                    raise RuntimeError(f"short read at {off} of {paths[j]}")
+        return cold, touched
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def cached_reads(path, file_size, n_windows, rnd, touched):
+    """4 KiB read latencies (seconds) in blocks the mount has decoded: a
+    read in a 128 KiB window, then each other page of it once (not in the
+    kernel's page cache: `touched` holds the pages read before)."""
+    touched = set(touched)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         cached = []
         win = 128 * KiB
         for _ in range(n_windows):
@@ -372,9 +397,16 @@ def random_reads(path, file_size, slot, n_cold, n_windows, seed=4):
                 os.pread(fd, PAGE, off)
                 cached.append(time.perf_counter() - t)
                 touched.add(off)
-        return cold, cached
+        return cached
     finally:
         os.close(fd)
+
+
+def random_reads(path, file_size, slot, n_cold, n_windows, seed=4):
+    """Cold and cached 4 KiB read latencies (seconds) in one file."""
+    rnd = random.Random(seed)
+    cold, touched = cold_reads([path], file_size, slot, n_cold, rnd)
+    return cold[0], cached_reads(path, file_size, n_windows, rnd, touched)
 
 
 def lat_summary(cold, cached):
@@ -945,9 +977,10 @@ class Bench:
             return fresh_dir, ["restic", "-r", arc, "restore", "latest", "--target", dest], None
         raise ValueError(tool)
 
-    def mount_of(self, tool, arc, src):
-        """A Mount of arc by tool; src is the snapshotted path (restic keeps it)."""
-        mnt = os.path.join(self.mnt, tool)
+    def mount_of(self, tool, arc, src, name=None):
+        """A Mount of arc by tool; src is the snapshotted path (restic keeps it);
+        mounted on MNT/name (default: the tool's name)."""
+        mnt = os.path.join(self.mnt, name or tool)
         if tool == "hbb":
             h = self.hbb_mount
             cmd = [self.hbb, "mount", arc, mnt]
@@ -1163,20 +1196,30 @@ class Bench:
         time.sleep(2)
         # L has room for only ~160 untouched regions, so a p99 of one pass is
         # its second-slowest read: the cold reads are made in several passes,
-        # each on a new mount after the page cache is dropped, at other
-        # offsets (another seed), and pooled.
+        # each on new mounts after the page cache is dropped, at other
+        # offsets (another seed), and pooled. In each pass every tool is
+        # mounted at once and the tools take turns read by read, on the same
+        # offsets: a slow stretch of this shared machine then falls on all
+        # of them alike (taking turns pass by pass, a stretch of a few
+        # seconds could move one tool's p99 by a millisecond).
+        slot = max(max(c["eff_bs"] or 8 * MiB, 8 * MiB) for c in todo)
         for k in range(self.cold_passes):
-            for j in range(len(todo)):
-                c = todo[(j + k) % len(todo)]
-                say(f"random 4 KiB reads in L: {c['label']} (pass {k + 1} of {self.cold_passes})")
-                slot = max(c["eff_bs"] or 8 * MiB, 8 * MiB)
-                with self.mount_of(c["m"], c["arc"], ldir) as mo:
-                    path = os.path.join(mo.root, lrel)
-                    cold, cached = random_reads(path, lsize, slot, n_cold, n_win if k == 0 else 0, seed=4 + k)
-                    c["cold"] += cold
-                    c["cached"] += cached
+            say(f"random 4 KiB reads in L: pass {k + 1} of {self.cold_passes}: "
+                f"{', '.join(c['label'] for c in todo)}, mounted at once, reads interleaved")
+            with contextlib.ExitStack() as stack:
+                mounts = []
+                for j, c in enumerate(todo):
+                    mo = stack.enter_context(self.mount_of(c["m"], c["arc"], ldir, name=f"random-{j}"))
                     if k == 0:
                         c["mount_s"] = mo.mount_seconds
+                    mounts.append(mo)
+                paths = [os.path.join(mo.root, lrel) for mo in mounts]
+                cold, touched = cold_reads(paths, lsize, slot, n_cold, random.Random(4 + k))
+                for c, lat in zip(todo, cold):
+                    c["cold"] += lat
+                if k == 0:
+                    for c, mo, path in zip(todo, mounts, paths):
+                        c["cached"] += cached_reads(path, lsize, n_win, random.Random(1004), touched)
                         c["rss_pair"] = mo.rss()
         for c in todo:
             r = lat_summary(c["cold"], c["cached"])
@@ -1675,9 +1718,10 @@ def render(results_dir, out, mode):
       "right after deleting many (its allocator skips recently freed inodes).")
     w("- Random reads: 4 KiB `pread`s with `POSIX_FADV_RANDOM` in L through each mount. *Cold*: page cache "
       "dropped, then every read lands in a region of the file (max(block, 8 MiB)) that no earlier read "
-      "touched; L has room for ~160 such reads, so figure 3 pools three such passes (a full run), each on a "
-      "new mount, at other offsets (*cold n* reads in all), the tools taking turns (pass 1 of each, then pass 2 "
-      "of each…) so that a slow stretch of the machine falls on all of them. *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
+      "touched; L has room for ~160 such reads, so figure 3 pools three such passes (a full run), each on "
+      "new mounts, at other offsets (*cold n* reads in all). In each pass of figure 3 every tool is mounted at once "
+      "and the tools take turns read by read, at the same offsets, so that a slow moment of the machine falls on "
+      "all of them alike. *Cached*: a read in a 128 KiB window, then each other page of that window once (the block is "
       "decompressed in the mount's cache, the page is not in the kernel's).")
     w("- Ratios: *× hbb* is the tool's figure divided by hbb's: above 1 means hbb is faster (or smaller). "
       "*runs s*: the fastest and slowest of the repetitions, to show the noise.")

@@ -801,8 +801,10 @@ impl Partial {
             return Ok(());
         }
         archive.read_frame_into(i, &mut self.frame)?;
-        let checked = archive.check_frame(i, &self.frame)?;
-        self.hashed = !checked || archive.check_content;
+        archive.check_frame(i, &self.frame)?;
+        // Decoded in parts only where the frame check stands for the
+        // content hash; otherwise the content is hashed once whole.
+        self.hashed = !archive.decodes_in_parts(i);
         // A frame of one zstd block (a block of 128 KiB or less) is fed
         // whole: zstd then decodes it in one pass.
         self.parts = !self.hashed && self.len > ZSTD_BLOCK_MAX;
